@@ -1,0 +1,49 @@
+"""The demo pipeline: sample data -> prepare -> 2 members (ParallelFor) -> TTA predict -> ensemble -> hard cases -> submit.
+
+Run it locally with ``docsort run pipelines/demo.py --local`` (or ``docsort demo``);
+compile it with ``docsort compile pipelines/demo.py -o demo.yaml``.
+"""
+
+from kfp import dsl
+
+from docsort.components.stages import (
+    ensemble_op,
+    hardcases_op,
+    predict_op,
+    prepare_op,
+    sample_data_op,
+    submit_op,
+    train_op,
+)
+
+DEFAULT_MEMBERS = [
+    "experiment=demo model=resnet18 fold=0 seed=1",
+    "experiment=demo model=resnet18 fold=1 seed=2",
+]
+
+
+@dsl.pipeline(name="docsort-demo", description="docsort end to end on generated sample data.")
+def demo_pipeline(
+    per_class: int = 40,
+    seed: int = 0,
+    members: list = DEFAULT_MEMBERS,
+    prepare_overrides: str = "experiment=demo",
+    predict_overrides: str = "experiment=demo",
+    output_root: str = "",
+) -> dsl.Dataset:
+    data = sample_data_op(per_class=per_class, seed=seed).set_display_name("sample-data")
+    prep = prepare_op(data=data.outputs["data"], overrides=prepare_overrides).set_display_name("prepare")
+    with dsl.ParallelFor(members, parallelism=2) as member:
+        trained = train_op(prepared=prep.outputs["prepared"], overrides=member).set_display_name("train")
+        pred = predict_op(prepared=prep.outputs["prepared"], model=trained.outputs["model"], overrides=predict_overrides)
+        pred.set_display_name("predict")
+    cands = ensemble_op(
+        predictions=dsl.Collected(pred.outputs["predictions"]),
+        models=dsl.Collected(trained.outputs["model"]),
+        methods="soft,hard",
+    ).set_display_name("ensemble")
+    cmp = hardcases_op(prepared=prep.outputs["prepared"], candidates=cands.outputs["candidates"])
+    cmp.set_display_name("hardcases")
+    sub = submit_op(prepared=prep.outputs["prepared"], comparison=cmp.outputs["comparison"], output_root=output_root)
+    sub.set_display_name("submit")
+    return sub.outputs["submission"]

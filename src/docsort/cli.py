@@ -1,0 +1,174 @@
+"""The ``docsort`` command line: one subcommand per stage, plus pipeline run/compile/submit.
+
+Stage subcommands take Hydra overrides as trailing arguments
+(``docsort train PREP --out DIR model=convnext_nano train.epochs=3``). Bad input
+ends with one ``docsort: error: ...`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from docsort.errors import DocsortError
+
+
+# Modules that add subcommands: each has ``register(sub, add)`` and sets ``func`` on its parsers.
+EXTENSIONS: tuple[str, ...] = ()
+
+
+def _add(sub, name: str, help: str, *, overrides: bool = False) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help)
+    if overrides:
+        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=resnet18 train.epochs=3")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="docsort", description="Document-image classification pipelines: local (kfp.local) or on Kubeflow.")
+    ap.add_argument("--version", action="version", version=f"docsort {__import__('docsort').__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _add(sub, "sample-data", "Generate the synthetic 17-class sample dataset.")
+    p.add_argument("out")
+    p.add_argument("--per-class", type=int, default=40)
+    p.add_argument("--test-per-class", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = _add(sub, "prepare", "Validate a dataset, make stratified folds, cache resized images.", overrides=True)
+    p.add_argument("data", help="dataset root: a folder or s3://bucket/prefix")
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "train", "Train a timm model on one fold (fold=K), all folds (fold=all) or all data (fold=none).", overrides=True)
+    p.add_argument("prepared")
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "predict", "Class probabilities of one trained model with batched 8-view TTA.", overrides=True)
+    p.add_argument("prepared")
+    p.add_argument("--model", required=True, help="a model folder written by `docsort train`")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", choices=("test", "train"), default="test")
+
+    p = _add(sub, "ensemble", "Combine member predictions into a named candidate (spec + probabilities).")
+    p.add_argument("predictions", nargs="+", help="prediction folders written by `docsort predict`")
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", action="append", default=[], help="the members' model folders, in the same order (for OOF-fitted methods)")
+    p.add_argument("--method", choices=("soft", "weighted", "hard", "stacked"), default="soft")
+    p.add_argument("--name", default=None, help="candidate name (default: the method)")
+    p.add_argument("--objective", choices=("macro_f1", "log_loss"), default="macro_f1")
+
+    p = _add(sub, "hardcases", "Hard-case workflow: compare candidates on hand-labelled images.")
+    hs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = hs.add_parser("compare", help="Score candidates on hardcases.csv side by side and pick the winner.")
+    c.add_argument("candidates", nargs="+", help="candidate folders written by `docsort ensemble`")
+    c.add_argument("--prepared", required=True)
+    c.add_argument("--out", required=True)
+
+    p = _add(sub, "submission", "Write a validated, versioned submission CSV (+ lineage) from probabilities.")
+    p.add_argument("prepared")
+    p.add_argument("--probs", required=True, help="probs.csv of the chosen candidate")
+    p.add_argument("--out", required=True, help="output root: folder or s3:// prefix")
+    p.add_argument("--candidate", default="candidate")
+
+    p = _add(sub, "run", "Run a pipeline file end to end (locally with kfp.local).")
+    p.add_argument("pipeline")
+    p.add_argument("--local", action="store_true", help="run with kfp.local on this machine (the only mode of `run`)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--out", default="runs", help="where artifacts go (default: ./runs)")
+
+    p = _add(sub, "compile", "Compile a pipeline file to KFP YAML.")
+    p.add_argument("pipeline")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+
+    p = _add(sub, "demo", "Sample data -> the demo pipeline locally -> submission, hard-case table, macro F1.")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--per-class", type=int, default=40)
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    for module in EXTENSIONS:
+        importlib.import_module(module).register(sub, _add)
+    return ap
+
+
+def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "func", None) is not None:
+        return int(args.func(args) or 0)
+    cmd = args.command
+    if cmd == "sample-data":
+        from docsort.sampledata import generate_sample_data
+
+        out = generate_sample_data(args.out, per_class=args.per_class, test_per_class=args.test_per_class, seed=args.seed)
+        print(f"sample data written to {out}")
+    elif cmd == "prepare":
+        from docsort.prepare import prepare
+
+        print(f"prepared data written to {prepare(args.data, args.out, args.overrides)}")
+    elif cmd == "train":
+        from docsort.train import train
+
+        out = train(args.prepared, args.out, args.overrides)
+        print(f"model written to {out}", file=sys.stderr)
+    elif cmd == "predict":
+        from docsort.predict import predict
+
+        print(f"predictions written to {predict(args.prepared, args.model, args.out, args.overrides, split=args.split)}")
+    elif cmd == "ensemble":
+        from docsort.stages import ensemble
+
+        out = ensemble(args.predictions, args.out, models=args.model, name=args.name or args.method, method=args.method, objective=args.objective)
+        print(f"candidate written to {out}")
+    elif cmd == "hardcases":
+        from docsort.stages import compare_hardcases
+
+        out = compare_hardcases(args.prepared, args.candidates, args.out)
+        print((out / "comparison.txt").read_text())
+    elif cmd == "submission":
+        from docsort.submit import submit
+
+        print(f"submission written to {submit(args.prepared, args.probs, args.out, candidate=args.candidate)}")
+    elif cmd == "run":
+        from docsort.pipeline_runner import load_pipeline, parse_params, run_local
+
+        if not args.local:
+            raise DocsortError("`docsort run` runs locally; pass --local (use `docsort submit` for a cluster)")
+        params = parse_params(args.param, load_pipeline(args.pipeline))
+        output = run_local(args.pipeline, args.out, params)
+        print(f"\nrun finished; artifacts under {Path(args.out).resolve()}")
+        if output is not None:
+            print(f"pipeline output: {output.path}")
+    elif cmd == "compile":
+        from docsort.pipeline_runner import compile_pipeline, load_pipeline, parse_params
+
+        params = parse_params(args.param, load_pipeline(args.pipeline))
+        print(f"compiled to {compile_pipeline(args.pipeline, args.output, params)}")
+    elif cmd == "demo":
+        from docsort.demo import run_demo
+
+        run_demo(args.out, per_class=args.per_class, params=args.param)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Hydra overrides may come anywhere after the subcommand (argparse stops at the first option).
+    bad = [e for e in extra if e.startswith("-") or "=" not in e]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return _run(args)
+    except DocsortError as err:
+        print(f"docsort: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("docsort: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

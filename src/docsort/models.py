@@ -1,0 +1,110 @@
+"""Models: timm backbones by name, weights in safetensors, never unpickled.
+
+A trained member is a folder with ``model.safetensors`` (weights) and
+``model.yaml`` (the resolved config, class names, architecture), so it can be
+rebuilt anywhere without the training code's pickles.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+
+from docsort import storage
+from docsort.atomic import atomic_path, write_text_atomic
+from docsort.errors import DocsortError
+
+
+def create_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+    """Build ``cfg.model.name`` for ``num_classes`` and load ``cfg.model.pretrained`` if set.
+
+    ``pretrained`` may be a timm hub name (clusters with internet), or a local
+    or ``s3://`` safetensors file (air-gapped clusters). A classifier head whose
+    shape differs from the new task is left freshly initialised.
+    """
+    m = cfg.model
+    kwargs = dict(
+        num_classes=num_classes,
+        in_chans=int(cfg.data.channels),
+        drop_rate=float(m.get("drop_rate", 0.0)),
+        drop_path_rate=float(m.get("drop_path_rate", 0.0)),
+    )
+    src = m.get("pretrained")
+    if src and not _is_weights_file(str(src)):
+        return timm.create_model(str(src), pretrained=True, **kwargs)
+    model = timm.create_model(m.name, pretrained=False, **kwargs)
+    if src:
+        load_pretrained(model, str(src))
+    return model
+
+
+def _is_weights_file(src: str) -> bool:
+    return storage.is_s3(src) or src.endswith(".safetensors") or os.path.sep in src or Path(src).exists()
+
+
+def load_pretrained(model: torch.nn.Module, src: str) -> list[str]:
+    """Load matching tensors from a safetensors file; returns the keys left as initialised."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(src)
+        if storage.is_s3(src):
+            path = Path(tmp) / "weights.safetensors"
+            path.write_bytes(storage.read_bytes(src))
+        if not path.is_file():
+            raise DocsortError("pretrained weights not found", file=src)
+        if path.suffix != ".safetensors":
+            raise DocsortError("pretrained weights must be a .safetensors file (pickles are not loaded)", file=src)
+        state = load_file(str(path))
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if own and not usable:
+        raise DocsortError(f"no tensor in the file matches {type(model).__name__}", file=src)
+    in_key = next(iter(own))
+    if in_key in state and state[in_key].shape != own[in_key].shape and state[in_key].dim() == 4:
+        # RGB stem -> grayscale: sum over input channels, as timm does.
+        usable[in_key] = state[in_key].sum(1, keepdim=True) if own[in_key].shape[1] == 1 else usable.get(in_key)
+        usable = {k: v for k, v in usable.items() if v is not None}
+    model.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
+@dataclass
+class Member:
+    """A trained model ready for inference."""
+
+    model: torch.nn.Module
+    cfg: DictConfig
+    class_names: list[str]
+    path: Path
+
+
+def save_member(folder: Path, model: torch.nn.Module, cfg: DictConfig, class_names: list[str], **info) -> Path:
+    """Write ``model.safetensors`` + ``model.yaml`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"arch": str(cfg.model.name)})
+    doc = {"arch": str(cfg.model.name), "class_names": list(class_names), **info,
+           "config": OmegaConf.to_container(cfg, resolve=True)}  # fmt: skip
+    write_text_atomic(folder / "model.yaml", OmegaConf.to_yaml(OmegaConf.create(doc)))
+    return folder
+
+
+def load_member(folder: str | os.PathLike) -> Member:
+    """Rebuild a member from its folder (safetensors only)."""
+    folder = Path(folder)
+    if not (folder / "model.safetensors").is_file() or not (folder / "model.yaml").is_file():
+        raise DocsortError("not a model folder (needs model.safetensors and model.yaml)", file=str(folder))
+    doc = OmegaConf.load(folder / "model.yaml")
+    cfg = doc.config
+    cfg.model.pretrained = None
+    model = create_model(cfg, len(doc.class_names))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model.eval()
+    return Member(model, cfg, list(doc.class_names), folder)
