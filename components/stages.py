@@ -7,6 +7,8 @@ space-separated string, e.g. ``"model=resnet18 train.epochs=3"``.
 """
 
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -25,27 +27,56 @@ def sample_data_op(data: Output[Dataset], per_class: int = 40, seed: int = 0):
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def prepare_op(prepared: Output[Dataset], data_uri: str = "", data: Input[Dataset] = None, overrides: str = ""):
-    """Validate the dataset (``data_uri`` or the ``data`` artifact), make folds and the image cache."""
+def data_version_op(data_uri: str) -> str:
+    """A version stamp of the dataset root (file listing: names, sizes, mtimes or ETags).
+
+    Never cached: it runs on every pipeline run, and ``prepare`` takes its output
+    as a parameter, so prepare's cache key (and every later step's) changes
+    exactly when the data behind ``data_uri`` changes.
+    """
+    from docsort.storage import fingerprint
+
+    return fingerprint(data_uri)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def prepare_op(
+    prepared: Output[Dataset], data_uri: str = "", data: Input[Dataset] = None, overrides: str = "", data_version: str = ""
+) -> list:
+    """Validate the dataset (``data_uri`` or the ``data`` artifact), make folds and the image cache.
+
+    ``data_version`` (from ``data_version_op``) is not used by the stage: it is part of
+    the cache key, so new data behind the same URI is prepared again. Returns the
+    fold indices ``[0, ..., K-1]``, for a ParallelFor over the folds.
+    """
+    import json
+    from pathlib import Path
+
     from docsort.prepare import prepare
 
     prepare(data_uri or data.path, prepared.path, overrides.split())
+    prepared.metadata["data_version"] = data_version
+    info = json.loads((Path(prepared.path) / "prepared.json").read_text())
+    return list(range(int(info["num_folds"])))
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
-def train_op(prepared: Input[Dataset], model: Output[Model], metrics: Output[Metrics], overrides: str = ""):
-    """Train one member (``fold=...`` in the overrides picks the fold)."""
+def train_op(
+    prepared: Input[Dataset], model: Output[Model], metrics: Output[Metrics], overrides: str = "", extra_overrides: str = "", fold: int = -1
+):
+    """Train one member: ``overrides`` then ``extra_overrides``, then ``fold=<fold>`` when ``fold >= 0``."""
     import json
     from pathlib import Path
 
     from docsort.train import train
 
-    train(prepared.path, model.path, overrides.split())
+    args = overrides.split() + extra_overrides.split() + ([f"fold={fold}"] if fold >= 0 else [])
+    train(prepared.path, model.path, args)
     result = json.loads((Path(model.path) / "metrics.json").read_text())
     for key in ("val_macro_f1", "val_loss", "oof_tta_macro_f1"):
         if key in result:
             metrics.log_metric(key, float(result[key]))
-    model.metadata["overrides"] = overrides
+    model.metadata["overrides"] = " ".join(args)
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
@@ -93,3 +124,67 @@ def submit_op(prepared: Input[Dataset], comparison: Input[Dataset], submission: 
 
     uri = submit_winner(prepared.path, comparison.path, submission.path, output_root or None)
     submission.metadata["uri"] = uri
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def sweep_op(
+    prepared: Input[Dataset],
+    result: Output[Dataset],
+    metrics: Output[Metrics],
+    space: str = "default",
+    backend: str = "auto",
+    n_trials: int = 0,
+    overrides: str = "",
+    extra_overrides: str = "",
+    namespace: str = "docsort",
+    timeout_s: int = 21600,
+) -> NamedTuple("SweepOutputs", best_overrides=str):
+    """Hyperparameter sweep over ``space``: a Katib Experiment (``katib``) or a local Optuna study (``local``).
+
+    ``auto`` picks Katib inside a Kubernetes pod and the local twin elsewhere
+    (kfp.local). Every trial gets ``overrides`` then ``extra_overrides``; Katib
+    trials read the prepared data by its S3 URI. Returns the best trial's full
+    override list (without ``fold``) for the K-fold training.
+    """
+    import json
+    import os
+    from collections import namedtuple
+
+    from docsort.errors import DocsortError
+    from docsort.sweep import load_space, override_key, run_sweep, trial_overrides
+
+    if backend == "auto":
+        backend = "katib" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
+    fixed = overrides.split() + extra_overrides.split()
+    if backend == "katib":
+        uri = prepared.uri.replace("minio://", "s3://", 1)
+        if not uri.startswith("s3://"):
+            raise DocsortError(f"Katib trials read the prepared data from S3, but it is at {uri}: use an s3:// pipeline root")
+        pod = json.loads(os.environ.get("DOCSORT_TRIAL_POD") or "{}")
+        found = run_sweep(uri, space, result.path, backend="katib", fixed_overrides=fixed, namespace=namespace,
+                          timeout_s=timeout_s, n_trials=n_trials or None, pod=pod)  # fmt: skip
+    else:
+        found = run_sweep(prepared.path, space, result.path, backend=backend, fixed_overrides=fixed, n_trials=n_trials or None, timeout_s=timeout_s)
+    best = [o for o in trial_overrides(load_space(space), fixed, found.overrides) if override_key(o) != "fold"]
+    metrics.log_metric(f"best_{found.metric}", float(found.value))
+    states = found.trials["state"].value_counts().to_dict()
+    for state in ("succeeded", "pruned", "failed"):
+        metrics.log_metric(f"trials_{state}", int(states.get(state, 0)))
+    result.metadata.update({"backend": found.backend, "experiment": found.experiment or "", "best_trial": found.best_trial or ""})
+    return namedtuple("SweepOutputs", ["best_overrides"])(" ".join(best))
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def oof_report_op(prepared: Input[Dataset], models: Input[list[Model]], report: Output[Dataset], metrics: Output[Metrics], summary: Output[Markdown]):
+    """Merge the fold members' out-of-fold predictions into one table and score it (macro F1)."""
+    import shutil
+    from pathlib import Path
+
+    from docsort.oof import oof_report
+
+    result = oof_report(prepared.path, [m.path for m in models], report.path)
+    metrics.log_metric("oof_macro_f1", float(result["macro_f1"]))
+    metrics.log_metric("oof_accuracy", float(result["accuracy"]))
+    for fold, r in result["folds"].items():
+        metrics.log_metric(f"fold{fold}_macro_f1", float(r["macro_f1"]))
+    shutil.copyfile(Path(report.path) / "report.md", summary.path)

@@ -128,9 +128,10 @@ def test_invalid_config_fails_before_any_work(override, message, prepared_root, 
 
 def test_train_prints_katib_metric_lines_and_writes_member(trained_member, prepared_root):
     log = (trained_member / "stdout.log").read_text().splitlines()
-    metric_lines = [line for line in log if "=" in line]
-    assert [m.split("=")[0] for m in metric_lines] == ["epoch", "val_macro_f1", "val_loss"] * 2
-    assert all(re.fullmatch(r"[a-z_0-9]+=[0-9.]+", m) for m in metric_lines)
+    # whole-line name=value pairs, the lines a StdOut metrics collector reads
+    metric_lines = [line for line in log if re.fullmatch(r"[a-z_0-9]+=[-+0-9.eE]+", line)]
+    assert [m.split("=")[0] for m in metric_lines] == ["epoch", "val_macro_f1", "val_loss"] * 2, log
+    assert [int(m.split("=")[1]) for m in metric_lines[::3]] == [1, 2]
     for name in ("model.safetensors", "model.yaml", "oof.csv", "oof_views.npz", "metrics.json", "checkpoints/last.ckpt", "config.yaml"):
         assert (trained_member / name).is_file(), name
     ids, probs, df = read_probs(trained_member / "oof.csv")

@@ -512,6 +512,9 @@ class CandidateSpec:
     ``tta_views`` apply to members without their own ``views``; ``tta_merge``
     merges a member's views, ``merge`` merges the members (soft/weighted).
     ``temperatures`` (one per member) are applied before any method.
+    ``objective`` is what the weights were searched for; ``oof_macro_f1``
+    records the honest (cross-fitted) OOF score at fit time, so a re-run
+    candidate keeps its place in the winner policy's tie-break.
     """
 
     name: str
@@ -524,6 +527,8 @@ class CandidateSpec:
     tta_merge: str = "mean"
     stacker: dict[str, Any] | None = None
     description: str = ""
+    objective: str = "macro_f1"
+    oof_macro_f1: float | None = None
 
     def views_of(self, member: int) -> list[str]:
         """TTA views used for member number ``member``."""
@@ -535,6 +540,7 @@ class CandidateSpec:
         check_choice(self.method, METHODS, "method")
         check_choice(self.merge, MERGES, "merge")
         check_choice(self.tta_merge, MERGES, "tta_merge")
+        check_choice(self.objective, OBJECTIVES, "objective")
         _check_views(self.tta_views, "tta_views")
         if not self.members:
             raise ConfigError(f"candidate {self.name!r} has no members")
@@ -569,6 +575,8 @@ class CandidateSpec:
             Stacker.from_dict(self.stacker)
         elif self.stacker is not None:
             raise ConfigError(f"method {self.method!r} takes no stacker")
+        if self.oof_macro_f1 is not None and not 0.0 <= float(self.oof_macro_f1) <= 1.0:
+            raise ConfigError(f"oof_macro_f1={self.oof_macro_f1} must lie in 0..1")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -597,6 +605,11 @@ class CandidateSpec:
                     d[key] = [float(v) for v in d[key]]
                 except (TypeError, ValueError):
                     raise ConfigError(f"{key} must be a list of numbers") from None
+        if d.get("oof_macro_f1") is not None:
+            try:
+                d["oof_macro_f1"] = float(d["oof_macro_f1"])
+            except (TypeError, ValueError):
+                raise ConfigError("oof_macro_f1 must be a number") from None
         return cls(**d).validate()
 
 
@@ -692,6 +705,7 @@ def fit_candidate(
         tta_merge=tta_merge,
         stacker=stacker,
         description=description,
+        objective=objective,
     ).validate()
 
 
@@ -732,3 +746,91 @@ def cross_fit_oof(
         )
         out[test] = combine(spec, [p[test] for p in arrays])
     return out
+
+
+# ---------------------------------------------------------------- comparing methods
+
+
+def cv_folds(targets: Sequence[int], folds: Sequence[int] | None = None) -> np.ndarray:
+    """Outer folds for honest scores: the training folds when the rows span several, else stratified.
+
+    Reusing the training folds keeps each fold's rows predicted by members that
+    never saw them *and* scored by a combiner that never saw them either.
+    """
+    y = np.asarray(targets, dtype=np.int64)
+    if folds is not None:
+        f = np.asarray(folds)
+        if len(np.unique(f)) >= 2 and (f >= 0).all():
+            return f
+    smallest = int(np.bincount(y)[np.bincount(y) > 0].min()) if len(y) else 0
+    return _outer_folds(y, None, max(2, min(5, smallest)), 0)
+
+
+@dataclass(frozen=True)
+class MethodReport:
+    """Single members vs soft / weighted / stacked / hard voting on the same OOF rows.
+
+    ``table`` scores are honest: every row is predicted by a combiner fitted
+    without it (equal-weight methods fit nothing). ``fit_macro_f1`` is the
+    in-sample score of a fitted method: the gap to ``macro_f1`` is its overfit.
+    ``*_cal`` columns repeat the scores with per-member temperature scaling.
+    """
+
+    table: pd.DataFrame
+    calibration: pd.DataFrame
+    nested: NestedCV | None
+
+
+def evaluate_methods(
+    names: Sequence[str],
+    oof_probs: Sequence[np.ndarray],
+    targets: Sequence[int],
+    *,
+    folds: Sequence[int] | None = None,
+    objective: str = "macro_f1",
+    merge: str = "mean",
+) -> MethodReport:
+    """Score every member alone and every ensemble method on shared OOF rows."""
+    from docsort.calibration import calibrate_members, ece
+
+    arrays = check_member_probs(oof_probs)
+    y = np.asarray(targets, dtype=np.int64)
+    f = cv_folds(y, folds)
+    rows = []
+
+    def add(label: str, method: str, members: int, probs: np.ndarray, cal: np.ndarray, fit: float | None) -> None:
+        rows.append(
+            {
+                "candidate": label,
+                "method": method,
+                "members": members,
+                "macro_f1": score(probs, y, "macro_f1"),
+                "accuracy": float(np.mean(probs.argmax(1) == y)),
+                "log_loss": log_loss(y, probs),
+                "ece": ece(probs, y),
+                "macro_f1_cal": score(cal, y, "macro_f1"),
+                "log_loss_cal": log_loss(y, cal),
+                "ece_cal": ece(cal, y),
+                "fit_macro_f1": float("nan") if fit is None else fit,
+            }
+        )
+
+    for name, p in zip(names, arrays, strict=True):
+        add(name, "single", 1, p, cross_fit_oof([p], y, calibrate=True, folds=f), None)
+    nested = None
+    if len(arrays) > 1:
+        methods = ["soft", "weighted", "stacked", "hard"]
+        for method in methods:
+            kw = dict(method=method, merge=merge, objective=objective, folds=f)
+            honest = cross_fit_oof(arrays, y, **kw)
+            cal = cross_fit_oof(arrays, y, calibrate=True, **kw)
+            fit = None
+            if method in ("weighted", "stacked"):
+                members = [MemberSpec(name=f"m{i}", checkpoint="-") for i in range(len(arrays))]
+                spec = fit_candidate("fit", members, arrays, y, method=method, merge=merge, objective=objective)
+                fit = score(combine(spec, arrays), y, "macro_f1")
+            add(method, method, len(arrays), honest, cal, fit)
+        nested = nested_cv_weights(arrays, y, folds=f, objective=objective, merge=merge)
+    cal = calibrate_members(list(names), arrays, y)
+    calibration = pd.DataFrame([asdict(c) for c in cal]).rename(columns={"name": "member"})
+    return MethodReport(table=pd.DataFrame(rows), calibration=calibration, nested=nested)

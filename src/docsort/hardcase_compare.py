@@ -98,10 +98,10 @@ class Comparison:
         ]
         parts = [
             "Hard cases (prediction, confidence, ok / X; '-' = not scored)",
-            _text_table(headers, rows),
+            text_table(headers, rows),
             "",
             "Candidates",
-            _text_table(
+            text_table(
                 ["candidate", "right", "accuracy", "macro_f1", "oof_macro_f1", "members", "rank"],
                 cand_rows,
             ),
@@ -110,7 +110,7 @@ class Comparison:
             parts += [
                 "",
                 "Pairs (wins = only this one right; exact McNemar p)",
-                _text_table(["A", "B", "A wins", "B wins", "both ok", "both X", "p"], pair_rows),
+                text_table(["A", "B", "A wins", "B wins", "both ok", "both X", "p"], pair_rows),
             ]
         parts += ["", self.policy]
         return "\n".join(parts)
@@ -120,7 +120,8 @@ def _fmt(x: float) -> str:
     return "?" if x is None or pd.isna(x) else f"{x:.4f}"
 
 
-def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, a dashed rule under the headers (for terminals)."""
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
     ]

@@ -90,17 +90,23 @@ def compile_pipeline(path: str | os.PathLike, out_yaml: str | os.PathLike, param
     return Path(out_yaml)
 
 
-def run_local(path: str | os.PathLike, out: str | os.PathLike, params: Mapping[str, Any] | None = None):
+def run_local(path: str | os.PathLike, out: str | os.PathLike, params: Mapping[str, Any] | None = None, *, cache: bool = False):
     """Run the pipeline in ``path`` with kfp.local; artifacts land under ``out``.
 
-    Returns the pipeline's output artifact (or None when it declares none).
+    ``cache``: reuse the outputs of tasks that already ran with the same inputs
+    under ``out`` (kfp.local's cache in ``out/.kfp_cache``; tasks compiled with
+    caching off always run). Returns the pipeline's output artifact (or None
+    when it declares none).
     """
     from kfp import local
 
     pipeline = load_pipeline(path)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out), raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out), raise_on_error=True,
+        enable_caching=cache, cache_root=str(out / ".kfp_cache"),
+    )  # fmt: skip
     try:
         task = pipeline(**dict(params or {}))
     except RuntimeError as err:

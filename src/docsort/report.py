@@ -335,11 +335,16 @@ def write_report(
     ablation: Ablation | None = None,
     title: str = "docsort error report",
     max_gallery: int = 1000,
+    note: str = "",
+    tables: Sequence[tuple[str, str, pd.DataFrame]] = (),
 ) -> Path:
     """Write the HTML error notebook for predictions ``probs`` (N x K) of ``ids`` with ``targets``.
 
     ``image_loader(id)`` returns the image as an array (gray or RGB) or None
     when it is not available; images are only read for misclassified rows.
+    ``note`` says what the predictions are (OOF, test labels, hard cases);
+    ``tables`` are extra ``(section id, heading, table)`` sections, such as the
+    ensemble methods and calibration tables.
     """
     targets, probs = _check(class_names, ids, targets, probs)
     names = [str(c) for c in class_names]
@@ -374,6 +379,8 @@ def write_report(
         sections.append(("hard-cases", "Hard-case comparison", _comparison_html(comparison)))
     if ablation is not None:
         sections.append(("tta-ablation", "TTA ablation", _ablation_html(ablation)))
+    for sid, head, df in tables:
+        sections.append((sid, head, _df_table(df.rename(columns=_PRETTY))))
 
     nav = "".join(f'<a href="#{sid}">{_e(head)}</a>' for sid, head, _ in sections)
     body = "".join(
@@ -385,7 +392,8 @@ def write_report(
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_e(title)}</h1>"
-        f'<p class="overview"><b>{len(ids)}</b> images &middot; accuracy <b>{accuracy(targets, preds):.4f}</b>'
+        + (f'<p class="muted">{_e(note)}</p>' if note else "")
+        + f'<p class="overview"><b>{len(ids)}</b> images &middot; accuracy <b>{accuracy(targets, preds):.4f}</b>'
         f" &middot; macro F1 <b>{macro_f1(targets, preds):.4f}</b> &middot; misclassified <b>{n_wrong}</b></p>"
         f"<nav>{nav}</nav>{body}<script>{_PROBE_JS}</script></body></html>\n"
     )
@@ -409,6 +417,7 @@ def write_summary_md(
     comparison: Comparison | None = None,
     ablation: Ablation | None = None,
     title: str = "docsort error report",
+    note: str = "",
 ) -> Path:
     """A short Markdown summary (KFP's Markdown viewer, PR comments): scores, weak spots, decisions."""
     names = [str(c) for c in class_names]
@@ -420,6 +429,7 @@ def write_summary_md(
     lines = [
         f"# {_md(title)}",
         "",
+        *([_md(note), ""] if note else []),
         f"- images: {len(targets)}",
         f"- accuracy: {accuracy(targets, preds):.4f}",
         f"- macro F1: {macro_f1(targets, preds):.4f}",

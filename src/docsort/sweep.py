@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -1114,11 +1114,13 @@ def dry_run_yaml(
     fixed_overrides: Sequence[str] = (),
     gpu: int | None = None,
     check_config: bool = True,
+    n_trials: int | None = None,
+    pod: Mapping[str, Any] | None = None,
 ) -> str:
     """The Katib Experiment for ``docsort sweep DATA --backend katib --dry-run``, as YAML."""
     from docsort import katib
 
-    sp = load_space(space)
+    sp = with_pod(with_trials(load_space(space), n_trials), pod, gpu)
     if check_config:
         check_space_against_config(sp, fixed_overrides)
     exp = katib.build_experiment(
@@ -1129,8 +1131,42 @@ def dry_run_yaml(
         image=image,
         fixed_overrides=fixed_overrides,
         gpu=gpu,
+        image_pull_policy=(pod or {}).get("image_pull_policy"),
     )
     return yaml.safe_dump(exp, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def with_trials(space: SearchSpace, n_trials: int | None) -> SearchSpace:
+    """``space`` capped at ``n_trials`` trials (its parallel and failure limits shrink with it)."""
+    if n_trials is None:
+        return space
+    if n_trials < 1:
+        raise ConfigError(f"the number of trials must be >= 1, got {n_trials}")
+    return replace(
+        space,
+        max_trial_count=n_trials,
+        parallel_trial_count=min(space.parallel_trial_count, n_trials),
+        max_failed_trial_count=min(space.max_failed_trial_count, n_trials),
+    )
+
+
+def with_pod(
+    space: SearchSpace, pod: Mapping[str, Any] | None, gpu: int | None = None
+) -> SearchSpace:
+    """GPU trials that name no node pool of their own go to ``pod``'s pool.
+
+    ``pod`` is :func:`docsort.components.k8s.trial_pod` of the k8s profile, so
+    Katib trials and the pipeline's GPU tasks land on the same nodes.
+    """
+    gpus = space.trial.gpu if gpu is None else gpu
+    if not pod or not gpus or space.trial.node_selector or space.trial.tolerations:
+        return space
+    trial = replace(
+        space.trial,
+        node_selector={str(k): str(v) for k, v in (pod.get("node_selector") or {}).items()},
+        tolerations=tuple(dict(t) for t in pod.get("tolerations") or ()),
+    )
+    return replace(space, trial=trial)
 
 
 def run_katib_sweep(
@@ -1149,15 +1185,19 @@ def run_katib_sweep(
     core_api=None,
     kubeconfig: str | None = None,
     check_config: bool = True,
+    n_trials: int | None = None,
+    pod: Mapping[str, Any] | None = None,
 ) -> SweepResult:
     """Create the Katib Experiment, wait for it, write ``trials.csv``/``best.json``.
 
     ``api``/``core_api`` default to clients from the in-cluster service account or
-    ``kubeconfig``. On failure :class:`SweepFailed` still leaves ``trials.csv``.
+    ``kubeconfig``. ``n_trials`` caps the space's trial count; ``pod`` (node pool,
+    pull policy) comes from the k8s profile. On failure :class:`SweepFailed`
+    still leaves ``trials.csv``.
     """
     from docsort import katib
 
-    sp = load_space(space)
+    sp = with_pod(with_trials(load_space(space), n_trials), pod, gpu)
     if check_config:
         check_space_against_config(sp, fixed_overrides)
     exp = katib.build_experiment(
@@ -1168,6 +1208,7 @@ def run_katib_sweep(
         image=image,
         fixed_overrides=fixed_overrides,
         gpu=gpu,
+        image_pull_policy=(pod or {}).get("image_pull_policy"),
     )
     if api is None:
         api, core_api = katib.connect(kubeconfig)
