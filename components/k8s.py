@@ -143,7 +143,9 @@ def _validate_task(where: str, name: str, task: Mapping[str, Any]) -> None:
         raise ConfigError(f"{at} must be a mapping", file=where)
     unknown = sorted(set(task) - _TASK)
     if unknown:
-        raise ConfigError(f"{at}: unknown key(s) {unknown}; valid keys: {sorted(_TASK)}", file=where)
+        raise ConfigError(
+            f"{at}: unknown key(s) {unknown}; valid keys: {sorted(_TASK)}", file=where
+        )
     for key in ("cpu", "cpu_limit"):
         _quantity(where, f"{at}.{key}", task.get(key), _CPU, "4 or 500m")
     for key in ("memory", "memory_limit", "shm", "tmp"):
@@ -179,17 +181,27 @@ def _validate(data: dict[str, Any], name: str) -> dict[str, Any]:
     sec = data.get("security") or {}
     unknown = sorted(set(sec) - _SECURITY)
     if unknown:
-        raise ConfigError(f"security: unknown key(s) {unknown}; valid: {sorted(_SECURITY)}", file=where)
+        raise ConfigError(
+            f"security: unknown key(s) {unknown}; valid: {sorted(_SECURITY)}", file=where
+        )
     for kind in ("secrets", "config_maps"):
         for i, ref in enumerate(data.get(kind) or []):
-            if not isinstance(ref, Mapping) or not ref.get("name") or not isinstance(ref.get("env"), Mapping):
-                raise ConfigError(f"{kind}[{i}] needs a name and an env mapping (key: ENV_NAME)", file=where)
+            if (
+                not isinstance(ref, Mapping)
+                or not ref.get("name")
+                or not isinstance(ref.get("env"), Mapping)
+            ):
+                raise ConfigError(
+                    f"{kind}[{i}] needs a name and an env mapping (key: ENV_NAME)", file=where
+                )
             unknown = sorted(set(ref) - {"name", "env", "optional"})
             if unknown:
                 raise ConfigError(f"{kind}[{i}]: unknown key(s) {unknown}", file=where)
             bad = [v for v in ref["env"].values() if not _ENV.match(str(v))]
             if bad:
-                raise ConfigError(f"{kind}[{i}]: {bad[0]!r} is not an env variable name", file=where)
+                raise ConfigError(
+                    f"{kind}[{i}]: {bad[0]!r} is not an env variable name", file=where
+                )
     pool = data.get("gpu_pool") or {}
     unknown = sorted(set(pool) - _POOL)
     if unknown:
@@ -297,8 +309,16 @@ def apply(task, component: str | None = None, *, profile: str | Mapping[str, Any
         )  # fmt: skip
 
     if s["shm"]:
-        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=str(s["shm"]))
-    kubernetes.empty_dir_mount(task, volume_name="tmp", mount_path="/tmp", size_limit=str(s["tmp"]) if s["tmp"] else None)
+        kubernetes.empty_dir_mount(
+            task,
+            volume_name="dshm",
+            mount_path="/dev/shm",
+            medium="Memory",
+            size_limit=str(s["shm"]),
+        )
+    kubernetes.empty_dir_mount(
+        task, volume_name="tmp", mount_path="/tmp", size_limit=str(s["tmp"]) if s["tmp"] else None
+    )
 
     if s["timeout_s"]:
         kubernetes.set_timeout(task, int(s["timeout_s"]))
@@ -316,7 +336,10 @@ def apply(task, component: str | None = None, *, profile: str | Mapping[str, Any
     sec = prof.get("security") or {}
     if sec:
         kubernetes.set_security_context(task, **sec)
-    for label, value in {**(prof.get("labels") or {}), "docsort.io/component": key.replace("_", "-")}.items():
+    for label, value in {
+        **(prof.get("labels") or {}),
+        "docsort.io/component": key.replace("_", "-"),
+    }.items():
         kubernetes.add_pod_label(task, label, str(value))
     for name, value in (prof.get("annotations") or {}).items():
         kubernetes.add_pod_annotation(task, name, str(value))

@@ -6,9 +6,6 @@ the same body with the installed package. Hydra overrides travel as one
 space-separated string, e.g. ``"model=resnet18 train.epochs=3"``.
 """
 
-
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -41,7 +38,11 @@ def data_version_op(data_uri: str) -> str:
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def prepare_op(
-    prepared: Output[Dataset], data_uri: str = "", data: Input[Dataset] = None, overrides: str = "", data_version: str = ""
+    prepared: Output[Dataset],
+    data_uri: str = "",
+    data: Input[Dataset] = None,
+    overrides: str = "",
+    data_version: str = "",
 ) -> list:
     """Validate the dataset (``data_uri`` or the ``data`` artifact), make folds and the image cache.
 
@@ -62,25 +63,41 @@ def prepare_op(
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def train_op(
-    prepared: Input[Dataset], model: Output[Model], metrics: Output[Metrics], overrides: str = "", extra_overrides: str = "", fold: int = -1
+    prepared: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    overrides: str = "",
+    extra_overrides: str = "",
+    fold: int = -1,
+    sweep: Input[Dataset] = None,
 ):
-    """Train one member: ``overrides`` then ``extra_overrides``, then ``fold=<fold>`` when ``fold >= 0``."""
+    """Train one member with the overrides: a ``sweep`` result's best config (when given),
+    ``overrides``, ``extra_overrides``, then ``fold=<fold>`` when ``fold >= 0``."""
     import json
     from pathlib import Path
 
     from docsort.train import train
 
-    args = overrides.split() + extra_overrides.split() + ([f"fold={fold}"] if fold >= 0 else [])
+    best = (
+        (Path(sweep.path) / "best_overrides.txt").read_text().split() if sweep is not None else []
+    )
+    args = (
+        best + overrides.split() + extra_overrides.split() + ([f"fold={fold}"] if fold >= 0 else [])
+    )
     train(prepared.path, model.path, args)
     result = json.loads((Path(model.path) / "metrics.json").read_text())
     for key in ("val_macro_f1", "val_loss", "oof_tta_macro_f1"):
         if key in result:
             metrics.log_metric(key, float(result[key]))
     model.metadata["overrides"] = " ".join(args)
+    # kfp.local treats an output artifact without a file as missing, so a cached task would never hit.
+    Path(metrics.path).write_text(json.dumps(metrics.metadata))
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
-def predict_op(prepared: Input[Dataset], model: Input[Model], predictions: Output[Dataset], overrides: str = ""):
+def predict_op(
+    prepared: Input[Dataset], model: Input[Model], predictions: Output[Dataset], overrides: str = ""
+):
     """Test-set probabilities of one member with batched TTA."""
     from docsort.predict import predict
 
@@ -106,7 +123,12 @@ def ensemble_op(
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def hardcases_op(prepared: Input[Dataset], candidates: Input[Dataset], comparison: Output[Dataset], summary: Output[Markdown]):
+def hardcases_op(
+    prepared: Input[Dataset],
+    candidates: Input[Dataset],
+    comparison: Output[Dataset],
+    summary: Output[Markdown],
+):
     """Score every candidate on hardcases.csv side by side and choose the winner."""
     import shutil
     from pathlib import Path
@@ -118,7 +140,12 @@ def hardcases_op(prepared: Input[Dataset], candidates: Input[Dataset], compariso
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def submit_op(prepared: Input[Dataset], comparison: Input[Dataset], submission: Output[Dataset], output_root: str = ""):
+def submit_op(
+    prepared: Input[Dataset],
+    comparison: Input[Dataset],
+    submission: Output[Dataset],
+    output_root: str = "",
+):
     """Write the winner's validated submission (to ``output_root`` too when set, e.g. s3://...)."""
     from docsort.stages import submit_winner
 
@@ -138,17 +165,18 @@ def sweep_op(
     extra_overrides: str = "",
     namespace: str = "docsort",
     timeout_s: int = 21600,
-) -> NamedTuple("SweepOutputs", best_overrides=str):
+):
     """Hyperparameter sweep over ``space``: a Katib Experiment (``katib``) or a local Optuna study (``local``).
 
     ``auto`` picks Katib inside a Kubernetes pod and the local twin elsewhere
     (kfp.local). Every trial gets ``overrides`` then ``extra_overrides``; Katib
-    trials read the prepared data by its S3 URI. Returns the best trial's full
-    override list (without ``fold``) for the K-fold training.
+    trials read the prepared data by its S3 URI. Besides ``trials.csv`` and
+    ``best.json``, ``result`` holds ``best_overrides.txt``: the best trial's whole
+    override list without ``fold``, which ``train_op(sweep=...)`` trains on K folds.
     """
     import json
     import os
-    from collections import namedtuple
+    from pathlib import Path
 
     from docsort.errors import DocsortError
     from docsort.sweep import load_space, override_key, run_sweep, trial_overrides
@@ -159,24 +187,54 @@ def sweep_op(
     if backend == "katib":
         uri = prepared.uri.replace("minio://", "s3://", 1)
         if not uri.startswith("s3://"):
-            raise DocsortError(f"Katib trials read the prepared data from S3, but it is at {uri}: use an s3:// pipeline root")
+            raise DocsortError(
+                f"Katib trials read the prepared data from S3, but it is at {uri}: use an s3:// pipeline root"
+            )
         pod = json.loads(os.environ.get("DOCSORT_TRIAL_POD") or "{}")
         found = run_sweep(uri, space, result.path, backend="katib", fixed_overrides=fixed, namespace=namespace,
                           timeout_s=timeout_s, n_trials=n_trials or None, pod=pod)  # fmt: skip
     else:
-        found = run_sweep(prepared.path, space, result.path, backend=backend, fixed_overrides=fixed, n_trials=n_trials or None, timeout_s=timeout_s)
-    best = [o for o in trial_overrides(load_space(space), fixed, found.overrides) if override_key(o) != "fold"]
+        found = run_sweep(
+            prepared.path,
+            space,
+            result.path,
+            backend=backend,
+            fixed_overrides=fixed,
+            n_trials=n_trials or None,
+            timeout_s=timeout_s,
+        )
+    best = [
+        o
+        for o in trial_overrides(load_space(space), fixed, found.overrides)
+        if override_key(o) != "fold"
+    ]
     metrics.log_metric(f"best_{found.metric}", float(found.value))
     states = found.trials["state"].value_counts().to_dict()
     for state in ("succeeded", "pruned", "failed"):
         metrics.log_metric(f"trials_{state}", int(states.get(state, 0)))
-    result.metadata.update({"backend": found.backend, "experiment": found.experiment or "", "best_trial": found.best_trial or ""})
-    return namedtuple("SweepOutputs", ["best_overrides"])(" ".join(best))
+    (Path(result.path) / "best_overrides.txt").write_text(" ".join(best) + "\n")
+    result.metadata.update(
+        {
+            "backend": found.backend,
+            "experiment": found.experiment or "",
+            "best_overrides": " ".join(best),
+        }
+    )
+    Path(metrics.path).write_text(
+        json.dumps(metrics.metadata)
+    )  # a file, so that kfp.local's cache finds it
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def oof_report_op(prepared: Input[Dataset], models: Input[list[Model]], report: Output[Dataset], metrics: Output[Metrics], summary: Output[Markdown]):
+def oof_report_op(
+    prepared: Input[Dataset],
+    models: Input[list[Model]],
+    report: Output[Dataset],
+    metrics: Output[Metrics],
+    summary: Output[Markdown],
+):
     """Merge the fold members' out-of-fold predictions into one table and score it (macro F1)."""
+    import json
     import shutil
     from pathlib import Path
 
@@ -188,3 +246,6 @@ def oof_report_op(prepared: Input[Dataset], models: Input[list[Model]], report: 
     for fold, r in result["folds"].items():
         metrics.log_metric(f"fold{fold}_macro_f1", float(r["macro_f1"]))
     shutil.copyfile(Path(report.path) / "report.md", summary.path)
+    Path(metrics.path).write_text(
+        json.dumps(metrics.metadata)
+    )  # a file, so that kfp.local's cache finds it

@@ -6,6 +6,7 @@ compile it with ``docsort compile pipelines/demo.py -o demo.yaml``.
 
 from kfp import dsl
 
+from docsort.components.k8s import apply
 from docsort.components.stages import (
     ensemble_op,
     hardcases_op,
@@ -31,19 +32,34 @@ def demo_pipeline(
     predict_overrides: str = "experiment=demo",
     output_root: str = "",
 ) -> dsl.Dataset:
-    data = sample_data_op(per_class=per_class, seed=seed).set_display_name("sample-data")
-    prep = prepare_op(data=data.outputs["data"], overrides=prepare_overrides).set_display_name("prepare")
+    data = apply(sample_data_op(per_class=per_class, seed=seed).set_display_name("sample-data"))
+    prep = apply(
+        prepare_op(data=data.outputs["data"], overrides=prepare_overrides).set_display_name(
+            "prepare"
+        )
+    )
     with dsl.ParallelFor(members, parallelism=2) as member:
-        trained = train_op(prepared=prep.outputs["prepared"], overrides=member).set_display_name("train")
-        pred = predict_op(prepared=prep.outputs["prepared"], model=trained.outputs["model"], overrides=predict_overrides)
-        pred.set_display_name("predict")
+        trained = apply(
+            train_op(prepared=prep.outputs["prepared"], overrides=member).set_display_name("train")
+        )
+        pred = predict_op(
+            prepared=prep.outputs["prepared"],
+            model=trained.outputs["model"],
+            overrides=predict_overrides,
+        )
+        apply(pred.set_display_name("predict"))
     cands = ensemble_op(
         predictions=dsl.Collected(pred.outputs["predictions"]),
         models=dsl.Collected(trained.outputs["model"]),
         methods="soft,hard",
     ).set_display_name("ensemble")
+    apply(cands)
     cmp = hardcases_op(prepared=prep.outputs["prepared"], candidates=cands.outputs["candidates"])
-    cmp.set_display_name("hardcases")
-    sub = submit_op(prepared=prep.outputs["prepared"], comparison=cmp.outputs["comparison"], output_root=output_root)
-    sub.set_display_name("submit")
+    apply(cmp.set_display_name("hardcases"))
+    sub = submit_op(
+        prepared=prep.outputs["prepared"],
+        comparison=cmp.outputs["comparison"],
+        output_root=output_root,
+    )
+    apply(sub.set_display_name("submit"))
     return sub.outputs["submission"]

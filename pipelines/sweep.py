@@ -18,7 +18,10 @@ from docsort.components.stages import data_version_op, oof_report_op, prepare_op
 FOLD_PARALLELISM = 5
 
 
-@dsl.pipeline(name="docsort-sweep", description="docsort: prepare, Katib (or local Optuna) sweep, train the best config on K folds, report.")
+@dsl.pipeline(
+    name="docsort-sweep",
+    description="docsort: prepare, Katib (or local Optuna) sweep, train the best config on K folds, report.",
+)
 def sweep_pipeline(
     data_uri: str,
     space: str = "default",
@@ -35,7 +38,11 @@ def sweep_pipeline(
     ``sweep_overrides`` to every trial (and so to the best config);
     ``train_overrides`` only to the final members (e.g. more epochs)."""
     version = apply(data_version_op(data_uri=data_uri).set_display_name("data-version"))
-    prep = apply(prepare_op(data_uri=data_uri, data_version=version.output, overrides=data_overrides).set_display_name("prepare"))
+    prep = apply(
+        prepare_op(
+            data_uri=data_uri, data_version=version.output, overrides=data_overrides
+        ).set_display_name("prepare")
+    )
     sweep = sweep_op(
         prepared=prep.outputs["prepared"], space=space, backend=backend, n_trials=n_trials,
         overrides=data_overrides, extra_overrides=sweep_overrides,
@@ -43,8 +50,15 @@ def sweep_pipeline(
     )  # fmt: skip
     apply(sweep.set_display_name("sweep"))
     with dsl.ParallelFor(prep.outputs["Output"], parallelism=FOLD_PARALLELISM) as fold:
-        trained = train_op(prepared=prep.outputs["prepared"], overrides=sweep.outputs["best_overrides"], extra_overrides=train_overrides, fold=fold)
+        trained = train_op(
+            prepared=prep.outputs["prepared"],
+            sweep=sweep.outputs["result"],
+            extra_overrides=train_overrides,
+            fold=fold,
+        )
         apply(trained.set_display_name("train-fold"))
-    report = oof_report_op(prepared=prep.outputs["prepared"], models=dsl.Collected(trained.outputs["model"]))
+    report = oof_report_op(
+        prepared=prep.outputs["prepared"], models=dsl.Collected(trained.outputs["model"])
+    )
     apply(report.set_display_name("oof-report"))
     return report.outputs["report"]

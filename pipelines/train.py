@@ -17,7 +17,10 @@ from docsort.components.stages import data_version_op, oof_report_op, prepare_op
 FOLD_PARALLELISM = 5
 
 
-@dsl.pipeline(name="docsort-train", description="docsort: prepare, train one member per fold, report out-of-fold macro F1.")
+@dsl.pipeline(
+    name="docsort-train",
+    description="docsort: prepare, train one member per fold, report out-of-fold macro F1.",
+)
 def train_pipeline(
     data_uri: str,
     data_overrides: str = "",
@@ -27,10 +30,21 @@ def train_pipeline(
     overrides for prepare and train alike (``data.*``, ``experiment=...``);
     ``train_overrides``: training only (``model=...``, ``train.epochs=...``)."""
     version = apply(data_version_op(data_uri=data_uri).set_display_name("data-version"))
-    prep = apply(prepare_op(data_uri=data_uri, data_version=version.output, overrides=data_overrides).set_display_name("prepare"))
+    prep = apply(
+        prepare_op(
+            data_uri=data_uri, data_version=version.output, overrides=data_overrides
+        ).set_display_name("prepare")
+    )
     with dsl.ParallelFor(prep.outputs["Output"], parallelism=FOLD_PARALLELISM) as fold:
-        trained = train_op(prepared=prep.outputs["prepared"], overrides=data_overrides, extra_overrides=train_overrides, fold=fold)
+        trained = train_op(
+            prepared=prep.outputs["prepared"],
+            overrides=data_overrides,
+            extra_overrides=train_overrides,
+            fold=fold,
+        )
         apply(trained.set_display_name("train-fold"))
-    report = oof_report_op(prepared=prep.outputs["prepared"], models=dsl.Collected(trained.outputs["model"]))
+    report = oof_report_op(
+        prepared=prep.outputs["prepared"], models=dsl.Collected(trained.outputs["model"])
+    )
     apply(report.set_display_name("oof-report"))
     return report.outputs["report"]

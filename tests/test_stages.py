@@ -82,7 +82,7 @@ def _break(data: Path, how: str) -> str:
         return rf"train.csv row 1: image '{re.escape(first)}' not found"
     if how == "corrupt image":
         (data / "train" / first).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-        return rf"train/{re.escape(first)}: (unreadable|not an image).*train.csv row 1"
+        return rf"train.csv row 1: image train/{re.escape(first)}: (unreadable|not an image)"
     if how == "unknown label":
         train.loc[2, "target"] = "42"
         train.to_csv(data / "train.csv", index=False)

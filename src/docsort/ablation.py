@@ -20,7 +20,7 @@ import pandas as pd
 
 from docsort.ensemble import MERGES, VIEW_NAMES, check_choice, check_member_probs, merge_probs
 from docsort.errors import DocsortError
-from docsort.stats import accuracy, fast_macro_f1
+from docsort.stats import accuracy, fast_macro_f1, mcnemar_p
 
 ROTATIONS = ("identity", "rot90", "rot180", "rot270")
 FLIPS = ("flip", "flip_rot90", "flip_rot180", "flip_rot270")
@@ -80,7 +80,8 @@ def tta_ablation(
     ``view_probs`` maps view name to that view's N x K OOF probabilities (rows
     aligned with ``targets``); ``identity`` must be there, it is the baseline.
     ``fixed`` counts rows identity got wrong and the subset gets right;
-    ``broken`` the reverse.
+    ``broken`` the reverse; ``p_vs_identity`` is the exact McNemar p-value of
+    those two counts.
     """
     check_choice(merge, MERGES, "merge")
     check_choice(subsets, ("all", "families"), "subsets mode")
@@ -114,6 +115,11 @@ def tta_ablation(
         )
     table = pd.DataFrame(rows)
     table["net"] = table["fixed"] - table["broken"]
+    # Exact McNemar on fixed vs broken: is the subset different from identity, or is it noise?
+    # (The best of 255 subsets is chosen on these same rows, so read its p-value as optimistic.)
+    table["p_vs_identity"] = [
+        mcnemar_p(int(f), int(b)) for f, b in zip(table["fixed"], table["broken"], strict=True)
+    ]
     # Best first; ties on macro F1 go to fewer views, then accuracy, then canonical order.
     # Rounded so float noise between equal scores cannot outrank a smaller subset.
     table["_f1"] = table["macro_f1"].round(12)

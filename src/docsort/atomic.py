@@ -20,6 +20,9 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; outputs should get the usual permissions
     target = tmp if is_dir else tmp / final.name
     try:
         yield target

@@ -17,7 +17,7 @@ from docsort.errors import DocsortError
 
 
 # Modules that add subcommands: each has ``register(sub, add)`` and sets ``func`` on its parsers.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("docsort.cli_review", "docsort.cli_export", "docsort.cli_cluster", "docsort.cli_train")
 
 
 def _add(sub, name: str, help: str, *, overrides: bool = False) -> argparse.ArgumentParser:
@@ -52,21 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--split", choices=("test", "train"), default="test")
 
-    p = _add(sub, "ensemble", "Combine member predictions into a named candidate (spec + probabilities).")
-    p.add_argument("predictions", nargs="+", help="prediction folders written by `docsort predict`")
-    p.add_argument("--out", required=True)
-    p.add_argument("--model", action="append", default=[], help="the members' model folders, in the same order (for OOF-fitted methods)")
-    p.add_argument("--method", choices=("soft", "weighted", "hard", "stacked"), default="soft")
-    p.add_argument("--name", default=None, help="candidate name (default: the method)")
-    p.add_argument("--objective", choices=("macro_f1", "log_loss"), default="macro_f1")
-
-    p = _add(sub, "hardcases", "Hard-case workflow: compare candidates on hand-labelled images.")
-    hs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    c = hs.add_parser("compare", help="Score candidates on hardcases.csv side by side and pick the winner.")
-    c.add_argument("candidates", nargs="+", help="candidate folders written by `docsort ensemble`")
-    c.add_argument("--prepared", required=True)
-    c.add_argument("--out", required=True)
-
     p = _add(sub, "submission", "Write a validated, versioned submission CSV (+ lineage) from probabilities.")
     p.add_argument("prepared")
     p.add_argument("--probs", required=True, help="probs.csv of the chosen candidate")
@@ -78,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="run with kfp.local on this machine (the only mode of `run`)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--out", default="runs", help="where artifacts go (default: ./runs)")
+    p.add_argument("--no-cache", action="store_true", help="run every task again instead of reusing outputs of identical tasks under --out")
 
     p = _add(sub, "compile", "Compile a pipeline file to KFP YAML.")
     p.add_argument("pipeline")
@@ -115,16 +101,6 @@ def _run(args: argparse.Namespace) -> int:
         from docsort.predict import predict
 
         print(f"predictions written to {predict(args.prepared, args.model, args.out, args.overrides, split=args.split)}")
-    elif cmd == "ensemble":
-        from docsort.stages import ensemble
-
-        out = ensemble(args.predictions, args.out, models=args.model, name=args.name or args.method, method=args.method, objective=args.objective)
-        print(f"candidate written to {out}")
-    elif cmd == "hardcases":
-        from docsort.stages import compare_hardcases
-
-        out = compare_hardcases(args.prepared, args.candidates, args.out)
-        print((out / "comparison.txt").read_text())
     elif cmd == "submission":
         from docsort.submit import submit
 
@@ -135,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
         if not args.local:
             raise DocsortError("`docsort run` runs locally; pass --local (use `docsort submit` for a cluster)")
         params = parse_params(args.param, load_pipeline(args.pipeline))
-        output = run_local(args.pipeline, args.out, params)
+        output = run_local(args.pipeline, args.out, params, cache=not args.no_cache)
         print(f"\nrun finished; artifacts under {Path(args.out).resolve()}")
         if output is not None:
             print(f"pipeline output: {output.path}")

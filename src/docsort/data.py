@@ -55,7 +55,11 @@ def _rows(df: pd.DataFrame) -> list[int]:
 
 
 def read_csv(
-    path: str | Path, columns: tuple[str, ...], *, optional: tuple[str, ...] = (), name: str | None = None
+    path: str | Path,
+    columns: tuple[str, ...],
+    *,
+    optional: tuple[str, ...] = (),
+    name: str | None = None,
 ) -> pd.DataFrame:
     """Read a CSV as strings and check it has exactly ``columns`` (plus ``optional`` ones).
 
@@ -74,20 +78,26 @@ def read_csv(
     if dup is not None:
         raise DocsortError(f"column {dup!r} appears twice in the header", file=name)
     try:
-        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
+        df = pd.read_csv(
+            io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False
+        )
     except pd.errors.EmptyDataError:
         raise DocsortError("empty file (no header)", file=name) from None
     except ValueError as err:  # pandas' ParserError is a ValueError
         msg = (str(err).strip().splitlines() or ["?"])[0]
         m = _FIELDS.search(msg)
         if m:
-            raise DocsortError(f"has {m[3]} fields, the header has {m[1]}", file=name, row=int(m[2]) - 1) from None
+            raise DocsortError(
+                f"has {m[3]} fields, the header has {m[1]}", file=name, row=int(m[2]) - 1
+            ) from None
         raise DocsortError(f"cannot parse CSV: {msg}", file=name) from None
     got = [c.strip() for c in df.columns]
     df.columns = got
     missing = [c for c in columns if c not in got]
     if missing:
-        raise DocsortError(f"missing column(s) {', '.join(missing)}; has {', '.join(got)}", file=name)
+        raise DocsortError(
+            f"missing column(s) {', '.join(missing)}; has {', '.join(got)}", file=name
+        )
     extra = [c for c in got if c not in columns and c not in optional]
     if extra:
         shown = ["(unnamed: trailing comma?)" if c.startswith("Unnamed: ") else c for c in extra]
@@ -122,7 +132,9 @@ def check_id(value: str, *, file: str, row: int) -> str:
     if not p.parts or p.parts == (".",):
         raise DocsortError(f"ID {v!r} is not a file name", file=file, row=row)
     if any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in p.parts):
-        raise DocsortError(f"ID {v[:40]!r}... has a name longer than {MAX_NAME_BYTES} bytes", file=file, row=row)
+        raise DocsortError(
+            f"ID {v[:40]!r}... has a name longer than {MAX_NAME_BYTES} bytes", file=file, row=row
+        )
     return v
 
 
@@ -139,7 +151,9 @@ def parse_ids(df: pd.DataFrame, *, file: str) -> list[str]:
     return ids
 
 
-def parse_targets(df: pd.DataFrame, valid: set[int] | None, *, file: str, column: str = "target") -> list[int]:
+def parse_targets(
+    df: pd.DataFrame, valid: set[int] | None, *, file: str, column: str = "target"
+) -> list[int]:
     """Integer targets; each must be a class of meta.csv when ``valid`` is given."""
     out: list[int] = []
     for row, value in zip(_rows(df), df[column].tolist(), strict=True):
@@ -180,7 +194,9 @@ def read_meta(path: str | Path, *, name: str | None = None) -> Meta:
         if not n:
             raise DocsortError(f"empty class_name for target {t}", file=name, row=row)
         if n in first:
-            raise DocsortError(f"class_name {n!r} is used twice (first at row {first[n]})", file=name, row=row)
+            raise DocsortError(
+                f"class_name {n!r} is used twice (first at row {first[n]})", file=name, row=row
+            )
         first[n] = row
     seen: dict[int, int] = {}
     for row, t in zip(_rows(df), targets, strict=True):
@@ -189,7 +205,9 @@ def read_meta(path: str | Path, *, name: str | None = None) -> Meta:
         seen[t] = row
     if sorted(targets) != list(range(len(targets))):
         gap = min(set(range(len(targets))) - set(targets))
-        raise DocsortError(f"targets must be 0..{len(targets) - 1} without gaps; {gap} is missing", file=name)
+        raise DocsortError(
+            f"targets must be 0..{len(targets) - 1} without gaps; {gap} is missing", file=name
+        )
     by_target = dict(zip(targets, names, strict=True))
     return Meta(tuple(by_target[k] for k in range(len(targets))))
 
@@ -230,16 +248,22 @@ def read_hardcases(path: str | Path, meta: Meta, *, name: str | None = None) -> 
     kinds = {"", "hard", "model_error", "label_error", "ambiguous"}
     for row, k in zip(_rows(df), df["kind"].tolist(), strict=True):
         if k.strip() not in kinds:
-            raise DocsortError(f"kind {k!r} is not one of {sorted(kinds - {''})}", file=name, row=row)
+            raise DocsortError(
+                f"kind {k!r} is not one of {sorted(kinds - {''})}", file=name, row=row
+            )
     df["kind"] = df["kind"].str.strip()
-    return df[["ID", "target", "note", "kind"]].reset_index(drop=True)
+    return df[["ID", "target", "note", "kind"]]  # index = row - 1, as read_csv keeps it
 
 
-def image_path(folder: Path, image_id: str, *, file: str | None = None, row: int | None = None) -> Path:
+def image_path(
+    folder: Path, image_id: str, *, file: str | None = None, row: int | None = None
+) -> Path:
     """Path of ``image_id`` inside ``folder``, refusing anything that resolves outside it (symlinks too)."""
     p = (folder / image_id).resolve()
     if not p.is_relative_to(folder.resolve()):
-        raise DocsortError(f"ID {image_id!r} resolves outside {folder.name}/ (symlink?)", file=file, row=row)
+        raise DocsortError(
+            f"ID {image_id!r} resolves outside {folder.name}/ (symlink?)", file=file, row=row
+        )
     return p
 
 
@@ -260,11 +284,15 @@ def _let_max_pixels_decide(max_pixels: int) -> None:
     be a second output line for an image we refuse anyway) is silenced.
     """
     Image.MAX_IMAGE_PIXELS = max_pixels
-    if not any(f[0] == "ignore" and f[2] is Image.DecompressionBombWarning for f in warnings.filters):
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    bomb = Image.DecompressionBombWarning
+    first = next((f for f in warnings.filters if issubclass(bomb, f[2])), None)
+    if first is None or first[0] != "ignore" or first[2] is not bomb:
+        warnings.filterwarnings("ignore", category=bomb)
 
 
-def decode_image(data: bytes, *, channels: int, max_pixels: int, name: str, draft: int | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes, *, channels: int, max_pixels: int, name: str, draft: int | None = None
+) -> np.ndarray:
     """Decode bytes to uint8 HxW (channels=1) or HxWx3, refusing bombs and broken files.
 
     The size is checked from the header, before any pixel is decoded. 16-bit,
@@ -278,7 +306,10 @@ def decode_image(data: bytes, *, channels: int, max_pixels: int, name: str, draf
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
             if w * h > max_pixels:
-                raise ImageError(f"image is {w}x{h} = {w * h} pixels, above data.max_pixels={max_pixels}", file=name)
+                raise ImageError(
+                    f"image is {w}x{h} = {w * h} pixels, above data.max_pixels={max_pixels}",
+                    file=name,
+                )
             if draft and im.format == "JPEG":
                 im.draft("L" if channels == 1 else "RGB", (draft, draft))
             im.load()
@@ -288,7 +319,9 @@ def decode_image(data: bytes, *, channels: int, max_pixels: int, name: str, draf
     except Image.DecompressionBombError as err:
         px = re.search(r"\((\d+) pixels\)", str(err))
         size = f"{px[1]} pixels" if px else "too many pixels"
-        raise ImageError(f"image is {size}, above data.max_pixels={max_pixels}", file=name) from None
+        raise ImageError(
+            f"image is {size}, above data.max_pixels={max_pixels}", file=name
+        ) from None
     except UnidentifiedImageError:
         raise ImageError("not an image (unrecognised format)", file=name) from None
     except Exception as err:  # noqa: BLE001 - any decoder failure on untrusted bytes is bad input
@@ -302,7 +335,9 @@ def _to_uint8(im: Image.Image, channels: int) -> np.ndarray:
         hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
         a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
         im = Image.fromarray(a, mode="L")
-    if im.mode in ("PA", "LA", "La", "RGBA", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode in ("PA", "LA", "La", "RGBA", "RGBa") or (
+        im.mode == "P" and "transparency" in im.info
+    ):
         rgba = im.convert("RGBA")
         paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(paper, rgba)

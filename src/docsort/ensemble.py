@@ -798,7 +798,11 @@ def evaluate_methods(
     f = cv_folds(y, folds)
     rows = []
 
-    def add(label: str, method: str, members: int, probs: np.ndarray, cal: np.ndarray, fit: float | None) -> None:
+    def add(
+        label: str, method: str, members: int, probs: np.ndarray, cal: np.ndarray, fit: float | None
+    ) -> None:
+        # Vote shares are not probabilities: their log loss and calibration would mislead.
+        prob = (lambda f: f) if method != "hard" else (lambda f: float("nan"))
         rows.append(
             {
                 "candidate": label,
@@ -806,11 +810,11 @@ def evaluate_methods(
                 "members": members,
                 "macro_f1": score(probs, y, "macro_f1"),
                 "accuracy": float(np.mean(probs.argmax(1) == y)),
-                "log_loss": log_loss(y, probs),
-                "ece": ece(probs, y),
+                "log_loss": prob(log_loss(y, probs)),
+                "ece": prob(ece(probs, y)),
                 "macro_f1_cal": score(cal, y, "macro_f1"),
-                "log_loss_cal": log_loss(y, cal),
-                "ece_cal": ece(cal, y),
+                "log_loss_cal": prob(log_loss(y, cal)),
+                "ece_cal": prob(ece(cal, y)),
                 "fit_macro_f1": float("nan") if fit is None else fit,
             }
         )
@@ -827,7 +831,9 @@ def evaluate_methods(
             fit = None
             if method in ("weighted", "stacked"):
                 members = [MemberSpec(name=f"m{i}", checkpoint="-") for i in range(len(arrays))]
-                spec = fit_candidate("fit", members, arrays, y, method=method, merge=merge, objective=objective)
+                spec = fit_candidate(
+                    "fit", members, arrays, y, method=method, merge=merge, objective=objective
+                )
                 fit = score(combine(spec, arrays), y, "macro_f1")
             add(method, method, len(arrays), honest, cal, fit)
         nested = nested_cv_weights(arrays, y, folds=f, objective=objective, merge=merge)

@@ -35,6 +35,8 @@ from docsort.errors import ConfigError, DocsortError
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = ("KF_PIPELINES_TOKEN", "DOCSORT_KFP_TOKEN")
+#: The runs' pods use this service account (k8s/base): Katib rights in `docsort`, S3 via IRSA.
+DEFAULT_SERVICE_ACCOUNT = "docsort-pipeline"
 CRON_EXAMPLE = '"0 0 2 * * *" (every day at 02:00:00)'
 
 
@@ -213,6 +215,18 @@ def _redact(text: str) -> str:
     return text.replace(token, "***") if token else text
 
 
+class _ScrubKfpLogs(logging.Filter):
+    """kfp.Client logs its healthz retries on the root logger with a traceback holding the
+    server's whole reply, which may echo the Authorization header: keep one scrubbed debug line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.exc_info[1] is None:
+            return True
+        first = (str(record.exc_info[1]).strip().splitlines() or [""])[0]
+        log.debug("kfp: %s", _redact(f"{record.getMessage()} {first}"))
+        return False
+
+
 @contextlib.contextmanager
 def _kfp_errors(host: str, action: str) -> Iterator[None]:
     """kfp/HTTP failures -> one ``DocsortError`` line, token scrubbed; kfp's prints -> log."""
@@ -220,6 +234,8 @@ def _kfp_errors(host: str, action: str) -> Iterator[None]:
     import urllib3
 
     printed = io.StringIO()
+    scrub = _ScrubKfpLogs()
+    logging.getLogger().addFilter(scrub)
     try:
         with contextlib.redirect_stdout(printed), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "This client only works with..."
@@ -235,6 +251,7 @@ def _kfp_errors(host: str, action: str) -> Iterator[None]:
             _redact(f"KFP API {host}: {action} failed: {type(e).__name__}: {e}")
         ) from None
     finally:
+        logging.getLogger().removeFilter(scrub)
         for line in printed.getvalue().splitlines():
             log.info("kfp: %s", _redact(line))
 
@@ -249,8 +266,30 @@ def _client(host: str, namespace: str | None) -> Any:
     return _Client(host=host, existing_token=_token(), namespace=namespace or "kubeflow")
 
 
-def _prepare(pipeline_file: str | os.PathLike, params: Any, tmp: str) -> tuple[Path, dict]:
+def set_caching(package: str | os.PathLike, enabled: bool) -> None:
+    """Turn caching on or off for every task of a compiled pipeline, nested DAGs included.
+
+    ``kfp.Client``'s own ``enable_caching`` reaches only the top-level tasks, not
+    those inside a ParallelFor or a sub-pipeline.
+    """
+    path = Path(package)
+    docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    spec = docs[0]
+    dags = [spec["root"]["dag"]] + [
+        c["dag"] for c in spec.get("components", {}).values() if "dag" in c
+    ]
+    for dag in dags:
+        for task in dag.get("tasks", {}).values():
+            task.setdefault("cachingOptions", {})["enableCache"] = enabled
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=True), encoding="utf-8")
+
+
+def _prepare(
+    pipeline_file: str | os.PathLike, params: Any, tmp: str, enable_caching: bool | None = None
+) -> tuple[Path, dict]:
     package = compile_to(pipeline_file, Path(tmp) / "pipeline.yaml")
+    if enable_caching is not None:
+        set_caching(package, enable_caching)
     return package, coerce_params(params, pipeline_inputs(package))
 
 
@@ -266,13 +305,15 @@ def submit(
     run_name: str | None = None,
     namespace: str | None = None,
     enable_caching: bool | None = None,
+    service_account: str | None = DEFAULT_SERVICE_ACCOUNT,
 ) -> Submitted:
     """Compile ``pipeline_file`` and start one run of it; returns the run's id and UI link.
 
-    ``enable_caching=None`` keeps each task's compile-time caching setting.
+    ``enable_caching=None`` keeps each task's compile-time caching setting;
+    ``service_account=None`` leaves the choice to KFP (its ``pipeline-runner``).
     """
     with tempfile.TemporaryDirectory(prefix="docsort-kfp-") as tmp:
-        package, arguments = _prepare(pipeline_file, params, tmp)
+        package, arguments = _prepare(pipeline_file, params, tmp, enable_caching)
         name = run_name or f"{Path(pipeline_file).stem} {_now()}"
         with _kfp_errors(host, "submit run"):
             result = _client(host, namespace).create_run_from_pipeline_package(
@@ -282,6 +323,7 @@ def submit(
                 experiment_name=experiment,
                 namespace=namespace,
                 enable_caching=enable_caching,
+                service_account=service_account,
             )
     run_id = result.run_id
     log.info("submitted run %s (%s) to %s", run_id, name, host)
@@ -299,6 +341,7 @@ def schedule(
     no_catchup: bool = True,
     namespace: str | None = None,
     enable_caching: bool | None = None,
+    service_account: str | None = DEFAULT_SERVICE_ACCOUNT,
 ) -> Submitted:
     """Compile ``pipeline_file`` and create a recurring run on a 6-field cron schedule.
 
@@ -309,7 +352,7 @@ def schedule(
     if max_concurrency < 1:
         raise ConfigError(f"max_concurrency must be >= 1, got {max_concurrency}")
     with tempfile.TemporaryDirectory(prefix="docsort-kfp-") as tmp:
-        package, arguments = _prepare(pipeline_file, params, tmp)
+        package, arguments = _prepare(pipeline_file, params, tmp, enable_caching)
         name = job_name or Path(pipeline_file).stem
         with _kfp_errors(host, "create recurring run"):
             client = _client(host, namespace)
@@ -323,6 +366,7 @@ def schedule(
                 params=arguments,
                 pipeline_package_path=str(package),
                 enable_caching=enable_caching,
+                service_account=service_account,
             )
     job_id = job.recurring_run_id
     log.info("created recurring run %s (%s, cron %r) on %s", job_id, name, cron, host)

@@ -46,7 +46,10 @@ class OOFViews:
 
     def view_probs(self) -> dict[str, np.ndarray]:
         """Softmax probabilities of every stored view."""
-        return {v: torch.from_numpy(z).float().softmax(-1).numpy().astype(np.float64) for v, z in self.logits.items()}
+        return {
+            v: torch.from_numpy(z).float().softmax(-1).numpy().astype(np.float64)
+            for v, z in self.logits.items()
+        }
 
 
 def model_folders(path: str | os.PathLike) -> list[Path]:
@@ -56,7 +59,10 @@ def model_folders(path: str | os.PathLike) -> list[Path]:
         return [path]
     folds = sorted((p.parent for p in path.glob("fold*/model.safetensors")), key=_fold_number)
     if not folds:
-        raise DocsortError("not a model folder or fold bundle (no model.safetensors, no fold*/model.safetensors)", file=str(path))
+        raise DocsortError(
+            "not a model folder or fold bundle (no model.safetensors, no fold*/model.safetensors)",
+            file=str(path),
+        )
     return folds
 
 
@@ -106,7 +112,9 @@ def _load_npz(folder: Path) -> OOFViews | None:
         return None
     # Never unpickle: IDs stored as an object array are taken from oof.csv (same rows, same order).
     with np.load(npz, allow_pickle=False) as z:
-        logits = {k: np.asarray(z[k], dtype=np.float32) for k in z.files if k not in ("ids", "targets")}
+        logits = {
+            k: np.asarray(z[k], dtype=np.float32) for k in z.files if k not in ("ids", "targets")
+        }
         try:
             ids = [str(i) for i in z["ids"]]
         except ValueError:
@@ -120,15 +128,21 @@ def _load_npz(folder: Path) -> OOFViews | None:
             ids = t_ids
         if t_ids == ids:
             folds = df["fold"].to_numpy() if "fold" in df.columns else None
-            targets = df["target"].to_numpy() if targets is None and "target" in df.columns else targets
+            targets = (
+                df["target"].to_numpy() if targets is None and "target" in df.columns else targets
+            )
     if ids is None or targets is None:
-        raise DocsortError("oof_views.npz has no readable IDs/targets and no matching oof.csv", file=str(npz))
+        raise DocsortError(
+            "oof_views.npz has no readable IDs/targets and no matching oof.csv", file=str(npz)
+        )
     n = len(ids)
     if any(v.shape[0] != n for v in logits.values()) or len(targets) != n:
         raise DocsortError("oof_views.npz arrays disagree on the number of rows", file=str(npz))
     if folds is None:
         folds = np.full(n, _model_fold(folder), dtype=np.int64)
-    return OOFViews(ids=ids, targets=targets, folds=np.asarray(folds, dtype=np.int64), logits=logits)
+    return OOFViews(
+        ids=ids, targets=targets, folds=np.asarray(folds, dtype=np.int64), logits=logits
+    )
 
 
 def _model_fold(folder: Path) -> int:
@@ -169,7 +183,9 @@ class OOF:
     probs: np.ndarray
 
 
-def oof_probs(path: str | os.PathLike, views: Sequence[str] | None = None, how: str = "mean") -> OOF | None:
+def oof_probs(
+    path: str | os.PathLike, views: Sequence[str] | None = None, how: str = "mean"
+) -> OOF | None:
     """OOF probabilities for ``views`` (recomputed from the per-view logits), else ``oof.csv``, else None.
 
     Ensembles must be fitted on OOF predictions made with the same views the
@@ -214,12 +230,21 @@ def predict_member(
     if any(t[0] != ids for t in tables):
         raise DocsortError("fold models predicted different rows", file=str(member))
     write_probs(out / "probs.csv", ids, np.mean([t[1] for t in tables], axis=0))
-    info = {"model": str(member), "folds": [f.name for f in folders], "views": list(views), "merge": how, "images": len(ids), "split": "test"}
+    info = {
+        "model": str(member),
+        "folds": [f.name for f in folders],
+        "views": list(views),
+        "merge": how,
+        "images": len(ids),
+        "split": "test",
+    }
     write_text_atomic(out / "predict.json", json.dumps(info, indent=2))
     return out
 
 
-def pooled(tables: Sequence[tuple[Sequence[str], np.ndarray, np.ndarray]]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+def pooled(
+    tables: Sequence[tuple[Sequence[str], np.ndarray, np.ndarray]],
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Per ID, the mean of the probabilities of the members that hold it out.
 
     ``tables`` are ``(ids, targets, probs)``; returns ``(ids, targets, probs, holders)``.
@@ -240,7 +265,9 @@ def pooled(tables: Sequence[tuple[Sequence[str], np.ndarray, np.ndarray]]) -> tu
         clash = (target[rows] >= 0) & (target[rows] != t)
         if clash.any():
             bad = list(order)[rows[np.flatnonzero(clash)[0]]]
-            raise DocsortError(f"members disagree on the training label of {bad!r}; were they trained on the same data?")
+            raise DocsortError(
+                f"members disagree on the training label of {bad!r}; were they trained on the same data?"
+            )
         target[rows] = t
         total[rows] += probs
         count[rows] += 1

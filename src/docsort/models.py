@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from docsort import storage
 from docsort.atomic import atomic_path, write_text_atomic
-from docsort.errors import DocsortError
+from docsort.errors import ConfigError, DocsortError
 
 
 def create_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
@@ -38,11 +38,26 @@ def create_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     )
     src = m.get("pretrained")
     if src and not _is_weights_file(str(src)):
-        return timm.create_model(str(src), pretrained=True, **kwargs)
+        # a timm hub name: `true` (timm's default tag), `<model.name>` or `<model.name>.<tag>`;
+        # the architecture must stay model.name, since load_member rebuilds that name
+        hub = str(m.name) if src is True or str(src).lower() == "true" else str(src)
+        if hub.split(".")[0] != str(m.name):
+            raise ConfigError(f"model.pretrained={src} is not a tag of model.name={m.name}; use {m.name}.<tag>, true, or a .safetensors file")
+        return timm.create_model(hub, pretrained=True, **kwargs)  # downloads (HF hub); in_chans is adapted by timm
     model = timm.create_model(m.name, pretrained=False, **kwargs)
     if src:
         load_pretrained(model, str(src))
     return model
+
+
+def load_safetensors(path: str | os.PathLike, *, name: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; anything else (a pickle renamed, a torn file) is refused in one line."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise DocsortError(f"not a valid safetensors file ({err}); pickled checkpoints are never loaded", file=name or str(path)) from None
 
 
 def _is_weights_file(src: str) -> bool:
@@ -60,16 +75,18 @@ def load_pretrained(model: torch.nn.Module, src: str) -> list[str]:
             raise DocsortError("pretrained weights not found", file=src)
         if path.suffix != ".safetensors":
             raise DocsortError("pretrained weights must be a .safetensors file (pickles are not loaded)", file=src)
-        state = load_file(str(path))
+        state = load_safetensors(path, name=src)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if own and not usable:
         raise DocsortError(f"no tensor in the file matches {type(model).__name__}", file=src)
     in_key = next(iter(own))
-    if in_key in state and state[in_key].shape != own[in_key].shape and state[in_key].dim() == 4:
-        # RGB stem -> grayscale: sum over input channels, as timm does.
-        usable[in_key] = state[in_key].sum(1, keepdim=True) if own[in_key].shape[1] == 1 else usable.get(in_key)
-        usable = {k: v for k, v in usable.items() if v is not None}
+    theirs = state.get(in_key)
+    if theirs is not None and theirs.dim() == 4 and theirs.shape != own[in_key].shape and theirs.shape[0] == own[in_key].shape[0]:
+        # stem with another channel count (RGB weights -> grayscale model): adapted as timm does
+        from timm.models import adapt_input_conv
+
+        usable[in_key] = adapt_input_conv(own[in_key].shape[1], theirs)
     model.load_state_dict(usable, strict=False)
     return sorted(set(own) - set(usable))
 
@@ -101,10 +118,13 @@ def load_member(folder: str | os.PathLike) -> Member:
     folder = Path(folder)
     if not (folder / "model.safetensors").is_file() or not (folder / "model.yaml").is_file():
         raise DocsortError("not a model folder (needs model.safetensors and model.yaml)", file=str(folder))
-    doc = OmegaConf.load(folder / "model.yaml")
-    cfg = doc.config
+    try:
+        doc = OmegaConf.load(folder / "model.yaml")  # OmegaConf's loader is a yaml.SafeLoader: no python tags
+        cfg = doc.config
+    except Exception as err:  # noqa: BLE001 - any YAML/structure problem of an untrusted file is bad input
+        raise DocsortError(f"unreadable model.yaml ({type(err).__name__}: {(str(err).splitlines() or [''])[0]})", file=str(folder)) from None
     cfg.model.pretrained = None
     model = create_model(cfg, len(doc.class_names))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model.load_state_dict(load_safetensors(folder / "model.safetensors"))
     model.eval()
     return Member(model, cfg, list(doc.class_names), folder)

@@ -34,11 +34,15 @@ def _member_oof(member: Path) -> tuple[pd.DataFrame, np.ndarray]:
         if col not in df.columns:
             raise DocsortError(f"out-of-fold table has no {col!r} column", file=str(path))
     if df["ID"].duplicated().any():
-        raise DocsortError(f"duplicate ID {df['ID'][df['ID'].duplicated()].iloc[0]!r}", file=str(path))
+        raise DocsortError(
+            f"duplicate ID {df['ID'][df['ID'].duplicated()].iloc[0]!r}", file=str(path)
+        )
     return df[["ID", "target", "fold"]].assign(member=member.name), probs
 
 
-def oof_report(prepared: str | os.PathLike, members: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
+def oof_report(
+    prepared: str | os.PathLike, members: Sequence[str | os.PathLike], out: str | os.PathLike
+) -> dict:
     """Merge ``members``' ``oof.csv`` into one table over the prepared index and score it.
 
     An image predicted by two members (two models trained on the same fold) is
@@ -52,7 +56,10 @@ def oof_report(prepared: str | os.PathLike, members: Sequence[str | os.PathLike]
     for m in members:
         frame, probs = _member_oof(Path(m))
         if probs.shape[1] != prep.num_classes:
-            raise DocsortError(f"{probs.shape[1]} probability columns, the data has {prep.num_classes} classes", file=str(Path(m) / "oof.csv"))
+            raise DocsortError(
+                f"{probs.shape[1]} probability columns, the data has {prep.num_classes} classes",
+                file=str(Path(m) / "oof.csv"),
+            )
         frames.append(frame)
         blocks.append(probs)
     table = pd.concat(frames, ignore_index=True)
@@ -61,17 +68,24 @@ def oof_report(prepared: str | os.PathLike, members: Sequence[str | os.PathLike]
     if dup.any():
         first = table.loc[dup, "ID"].iloc[0]
         owners = sorted(table.loc[table["ID"] == first, "member"])
-        raise DocsortError(f"image {first!r} is out-of-fold for several members {owners}: train each fold once")
+        raise DocsortError(
+            f"image {first!r} is out-of-fold for several members {owners}: train each fold once"
+        )
     index = prep.index.set_index("ID")
     unknown = sorted(set(table["ID"]) - set(index.index))
     if unknown:
-        raise DocsortError(f"image {unknown[0]!r} is not in the prepared index ({len(unknown)} such)", file="oof.csv")
+        raise DocsortError(
+            f"image {unknown[0]!r} is not in the prepared index ({len(unknown)} such)",
+            file="oof.csv",
+        )
     order = [i for i in index.index if i in set(table["ID"])]
     pos = pd.Series(np.arange(len(table)), index=table["ID"]).loc[order].to_numpy()
     table, probs = table.iloc[pos].reset_index(drop=True), probs[pos]
     truth = index.loc[order, "target"].to_numpy()
     if not np.array_equal(truth, table["target"].to_numpy()):
-        raise DocsortError("a member's oof.csv targets differ from the prepared index (prepared again since?)")
+        raise DocsortError(
+            "a member's oof.csv targets differ from the prepared index (prepared again since?)"
+        )
 
     preds = predictions(probs)
     labels = range(prep.num_classes)
@@ -94,7 +108,9 @@ def oof_report(prepared: str | os.PathLike, members: Sequence[str | os.PathLike]
     }
     out = Path(out)
     with atomic_path(out, is_dir=True) as tmp:
-        write_probs(tmp / "oof.csv", table["ID"], probs, {"target": table["target"], "fold": table["fold"]})
+        write_probs(
+            tmp / "oof.csv", table["ID"], probs, {"target": table["target"], "fold": table["fold"]}
+        )
         per_class_table(truth, preds, prep.class_names).to_csv(tmp / "per_class.csv", index=False)
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         (tmp / "report.md").write_text(summary_md(report))
@@ -105,11 +121,15 @@ def summary_md(report: dict) -> str:
     """A short Markdown table of the OOF scores."""
     lines = [
         f"**Out-of-fold macro F1 {report['macro_f1']:.4f}** (accuracy {report['accuracy']:.4f}, "
-        f"{report['images']} images" + (f", {report['missing']} not predicted" if report["missing"] else "") + ")",
+        f"{report['images']} images"
+        + (f", {report['missing']} not predicted" if report["missing"] else "")
+        + ")",
         "",
         "| fold | macro F1 | accuracy | images |",
         "|---:|---:|---:|---:|",
-        *(f"| {f} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | {r['images']} |" for f, r in report["folds"].items()),
+        *(
+            f"| {f} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | {r['images']} |"
+            for f, r in report["folds"].items()
+        ),
     ]
     return "\n".join(lines) + "\n"
-

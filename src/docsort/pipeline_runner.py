@@ -90,17 +90,31 @@ def compile_pipeline(path: str | os.PathLike, out_yaml: str | os.PathLike, param
     return Path(out_yaml)
 
 
-def run_local(path: str | os.PathLike, out: str | os.PathLike, params: Mapping[str, Any] | None = None, *, cache: bool = False):
+def _drop_retries(pipeline) -> None:
+    """Clear every task's retry policy: locally a failure is a bug or bad input, and a retry only delays it."""
+    spec = pipeline.pipeline_spec
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    for dag in dags:
+        for task in dag.tasks.values():
+            task.ClearField("retry_policy")
+
+
+def run_local(
+    path: str | os.PathLike, out: str | os.PathLike, params: Mapping[str, Any] | None = None, *, cache: bool = False, retries: bool = False
+):
     """Run the pipeline in ``path`` with kfp.local; artifacts land under ``out``.
 
     ``cache``: reuse the outputs of tasks that already ran with the same inputs
     under ``out`` (kfp.local's cache in ``out/.kfp_cache``; tasks compiled with
-    caching off always run). Returns the pipeline's output artifact (or None
-    when it declares none).
+    caching off always run). ``retries``: keep the tasks' compiled retry
+    policies (meant for preempted cluster nodes). Returns the pipeline's output
+    artifact (or None when it declares none).
     """
     from kfp import local
 
     pipeline = load_pipeline(path)
+    if not retries:
+        _drop_retries(pipeline)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     local.init(

@@ -15,11 +15,13 @@ Decoding JPEGs once here, not every epoch, is what keeps training fed.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,10 +31,13 @@ from omegaconf import DictConfig
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from tqdm.auto import tqdm
 
-from docsort import storage
+from docsort import augcopies, storage
 from docsort.atomic import atomic_path
 from docsort.config import load_config, save_config
 from docsort.data import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    Labelled,
     Meta,
     decode_image,
     fit_square,
@@ -48,17 +53,26 @@ from docsort.errors import DocsortError
 CACHE_VERSION = 1
 
 
-def make_folds(targets: Sequence[int], num_folds: int, seed: int, groups: Sequence[str] | None = None) -> np.ndarray:
+def make_folds(
+    targets: Sequence[int],
+    num_folds: int,
+    seed: int,
+    groups: Sequence[str] | None = None,
+    *,
+    file: str = "train.csv",
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
     """Seeded stratified fold index per row (grouped rows stay together)."""
     y = np.asarray(targets)
     counts = np.bincount(y)
     small = [(k, int(c)) for k, c in enumerate(counts) if 0 < c < num_folds]
     if small:
         k, c = small[0]
+        name = f" ({class_names[k]})" if class_names is not None and k < len(class_names) else ""
         raise DocsortError(
-            f"class {k} has {c} images, fewer than data.num_folds={num_folds} "
+            f"class {k}{name} has {c} images, fewer than data.num_folds={num_folds} "
             f"({len(small)} such classes); lower data.num_folds or add images",
-            file="train.csv",
+            file=file,
         )
     folds = np.full(len(y), -1, dtype=np.int64)
     x = np.zeros(len(y))
@@ -81,7 +95,7 @@ def fingerprint(folder: Path, ids: Sequence[str], *, desc: str) -> str:
     h = hashlib.sha256()
     paths = []
     for row, i in enumerate(ids, start=1):
-        p = image_path(folder, i)
+        p = image_path(folder, i, file=desc, row=row)
         if not p.is_file():
             raise DocsortError(f"image {i!r} not found in {folder.name}/", file=desc, row=row)
         paths.append(p)
@@ -106,22 +120,51 @@ def build_cache(folder: Path, ids: Sequence[str], out: Path, cfg: DictConfig, *,
 
     def load(item: tuple[int, str]) -> tuple[int, np.ndarray]:
         row, i = item
-        p = image_path(folder, i)
+        p = image_path(folder, i, file=desc, row=row)
         try:
             img = decode_image(p.read_bytes(), channels=ch, max_pixels=max_pixels, name=f"{folder.name}/{i}", draft=size * 2)
-        except DocsortError as err:
-            raise DocsortError(f"{err} (listed at {desc} row {row})") from None
+        except ImageError as err:
+            raise DocsortError(f"image {folder.name}/{i}: {err.problem}", file=desc, row=row) from None
         return row - 1, fit_square(img, size, cfg.data.resize)
 
     with atomic_path(out) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        _reserve(tmp)
+        pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+        try:
             items = list(enumerate(ids, start=1))
             for n, img in tqdm(pool.map(load, items, chunksize=16), total=len(items), desc=f"cache {desc}", unit="img", leave=False, disable=None):
                 arr[n] = img
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # a bad image stops the rest at once
         arr.flush()
         del arr
     return out
+
+
+def cache_is_complete(path: Path, n: int, cfg: DictConfig) -> bool:
+    """True if ``path`` holds exactly the N x S x S (x 3) uint8 array a cache must: a torn or
+    truncated copy from an earlier run is rebuilt, never reused as if complete."""
+    size, ch = int(cfg.data.image_size), int(cfg.data.channels)
+    shape = (n, size, size) + ((3,) if ch == 3 else ())
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    return arr.shape == shape and arr.dtype == np.uint8 and path.stat().st_size == arr.offset + arr.nbytes
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the whole memory-mapped file now: a full disk then fails here with ENOSPC
+    instead of killing the process with SIGBUS when a page of the map is first written."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate
+            raise
+    finally:
+        os.close(fd)
 
 
 def _read_sizes(folder: Path, ids: Sequence[str]) -> np.ndarray:
@@ -162,43 +205,23 @@ def prepare(data: str, out: str | os.PathLike, overrides: Sequence[str] = ()) ->
     cfg = load_config(overrides)
     out = Path(out)
     root = storage.localize(data, out.parent / ".docsort-download")
-    meta = read_meta(root / "meta.csv")
-    group_col = cfg.data.group_column
-    train = read_labelled(root / "train.csv", meta, optional=(group_col,) if group_col else ())
-    if not train.ids:
-        raise DocsortError("no training rows", file="train.csv")
-    sub = read_csv(root / "sample_submission.csv", ("ID", "target"))
-    test_ids = parse_ids(sub, file="sample_submission.csv")
+    meta, train, test_ids, hard, where = validate_root(root, data, cfg)
     test_dir = root / "test"
-    on_disk = sorted(p.name for p in test_dir.iterdir() if p.is_file()) if test_dir.is_dir() else []
-    if not test_ids:
-        raise DocsortError("no test rows", file="sample_submission.csv")
-    if not on_disk:
-        raise DocsortError("test/ folder is empty or missing", file=str(test_dir))
-    missing = sorted(set(test_ids) - set(on_disk))
-    if missing:
-        row = test_ids.index(missing[0]) + 1
-        raise DocsortError(f"image {missing[0]!r} not found in test/ ({len(missing)} missing)", file="sample_submission.csv", row=row)
-    unlisted = sorted(set(on_disk) - set(test_ids))
-    unlisted = [u for u in unlisted if u.lower().endswith((".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"))]
-    if unlisted:
-        raise DocsortError(f"test/{unlisted[0]} is not listed ({len(unlisted)} test images missing from the CSV)", file="sample_submission.csv")
-    hard = read_hardcases(root / "hardcases.csv", meta) if (root / "hardcases.csv").is_file() else None
 
     targets = list(train.targets)
     ids = list(train.ids)
     if hard is not None and (cfg.data.exclude_label_errors or cfg.data.correct_label_errors):
         ids, targets = apply_label_errors(ids, targets, hard, correct=bool(cfg.data.correct_label_errors))
-    groups = train.frame[group_col].tolist() if group_col else None
-    if groups is not None and len(groups) != len(ids):
-        groups = None
-    folds = make_folds(targets, int(cfg.data.num_folds), int(cfg.seed), groups)
+    group_col = cfg.data.group_column
+    group_of = dict(zip(train.ids, train.frame[group_col].str.strip(), strict=True)) if group_col else None
+    groups = [group_of[i] for i in ids] if group_of else None
+    folds = make_folds(targets, int(cfg.data.num_folds), int(cfg.seed), groups, file=where("train.csv"), class_names=meta.class_names)
 
-    train_fp = fingerprint(root / "train", ids, desc="train.csv")
-    test_fp = fingerprint(test_dir, test_ids, desc="sample_submission.csv")
+    train_fp = fingerprint(root / "train", ids, desc=where("train.csv"))
+    test_fp = fingerprint(test_dir, test_ids, desc=where("sample_submission.csv"))
     # Everything is built in a temporary folder beside ``out`` and swapped in at the end;
     # caches of a previous run whose key still matches are hard-linked, not rebuilt.
-    with atomic_path(out, is_dir=True) as tmp:
+    with _disk_full_is_one_line(out), atomic_path(out, is_dir=True) as tmp:
         cache_dir = tmp / "cache"
         cache_dir.mkdir()
         caches = {}
@@ -208,11 +231,14 @@ def prepare(data: str, out: str | os.PathLike, overrides: Sequence[str] = ()) ->
         ):
             name = f"{cache_key(fp, cfg)}-{split}.npy"
             old = out / "cache" / name
-            if old.is_file() and (out / "prepared.json").is_file():
+            if (out / "prepared.json").is_file() and cache_is_complete(old, len(split_ids), cfg):
                 _link_or_copy(old, cache_dir / name)
             else:
-                build_cache(folder, split_ids, cache_dir / name, cfg, desc=desc)
+                build_cache(folder, split_ids, cache_dir / name, cfg, desc=where(desc))
             caches[split] = name
+        extra = {}
+        if augcopies.wanted(cfg):  # Augraphy offline: degraded copies of the training images, cached by key
+            caches["augraphy"], extra["augraphy"] = augcopies.ensure(out / "cache", cache_dir, caches["train"], cfg)
         _write_tables(tmp, root, ids, targets, folds, test_ids, meta, hard, cfg)
         info = {
             "class_names": list(meta.class_names),
@@ -225,9 +251,72 @@ def prepare(data: str, out: str | os.PathLike, overrides: Sequence[str] = ()) ->
             "fingerprint": hashlib.sha256(f"{train_fp}|{test_fp}".encode()).hexdigest(),
             "cache": caches,
             "source": data,
+            **extra,
         }
         (tmp / "prepared.json").write_text(json.dumps(info, indent=2))
     return out
+
+
+def validate_root(root: Path, data: str, cfg: DictConfig) -> tuple[Meta, Labelled, list[str], pd.DataFrame | None, Callable[[str], str]]:
+    """Check every table of a dataset root and its test/ folder before any work.
+
+    Returns meta, train rows, test IDs, hard cases (or None) and the function
+    that names a dataset file in messages (as the user gave the root: a path
+    or an s3:// URI).
+    """
+
+    def name(file: str) -> str:
+        return storage.join(data, file)
+
+    meta = read_meta(root / "meta.csv", name=name("meta.csv"))
+    group_col = cfg.data.group_column
+    train = read_labelled(root / "train.csv", meta, optional=(group_col,) if group_col else (), name=name("train.csv"))
+    if not train.ids:
+        raise DocsortError("no training rows", file=name("train.csv"))
+    if group_col:
+        if group_col not in train.frame.columns:
+            raise DocsortError(f"data.group_column={group_col} is not a column", file=name("train.csv"))
+        for row, g in zip(train.frame.index + 1, train.frame[group_col], strict=True):
+            if not str(g).strip():
+                raise DocsortError(f"empty {group_col}", file=name("train.csv"), row=int(row))
+    sub = read_csv(root / "sample_submission.csv", ("ID", "target"), name=name("sample_submission.csv"))
+    test_ids = parse_ids(sub, file=name("sample_submission.csv"))
+    test_dir = root / "test"
+    if not test_ids:
+        raise DocsortError("no test rows", file=name("sample_submission.csv"))
+    on_disk = sorted(p.name for p in test_dir.iterdir() if p.is_file() and not p.name.startswith(".")) if test_dir.is_dir() else []
+    if not on_disk:
+        raise DocsortError("folder is empty or missing; sample_submission.csv lists test images", file=name("test"))
+    missing = [(row, i) for row, i in enumerate(test_ids, start=1) if not image_path(test_dir, i, file=name("sample_submission.csv"), row=row).is_file()]
+    if missing:
+        row, first = missing[0]
+        raise DocsortError(f"image {first!r} not found in test/ ({len(missing)} missing)", file=name("sample_submission.csv"), row=row)
+    listed = set(test_ids)
+    unlisted = [u for u in on_disk if u not in listed and u.lower().endswith(IMAGE_SUFFIXES)]
+    if unlisted:
+        raise DocsortError(
+            f"test/{unlisted[0]} is not listed ({len(unlisted)} test images missing from the CSV)",
+            file=name("sample_submission.csv"),
+        )
+    hard = None
+    if (root / "hardcases.csv").is_file():
+        hard = read_hardcases(root / "hardcases.csv", meta, name=name("hardcases.csv"))
+        known = listed | set(train.ids)
+        for row, i in zip(hard.index + 1, hard["ID"], strict=True):
+            if i not in known:
+                raise DocsortError(f"ID {i!r} is neither a test image nor in train.csv", file=name("hardcases.csv"), row=int(row))
+    return meta, train, test_ids, hard, name
+
+
+@contextlib.contextmanager
+def _disk_full_is_one_line(out: Path) -> Iterator[None]:
+    """A full disk (or file-size limit) ends ``prepare`` with one line; atomic_path has removed the partial folder."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        raise DocsortError(f"out of disk space ({err.strerror}); nothing was kept, free space and run again", file=str(out)) from None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -263,6 +263,7 @@ _PRETTY = {
     "both_wrong": "both wrong",
     "mcnemar_p": "McNemar p",
     "n_views": "n views",
+    "p_vs_identity": "McNemar p vs identity",
 }
 
 

@@ -52,7 +52,9 @@ def _fmt(x: object, digits: int = 4) -> str:
 
 
 def _df_text(df: pd.DataFrame) -> str:
-    return text_table(list(df.columns), [[_fmt(v) for v in row] for row in df.itertuples(index=False)])
+    return text_table(
+        list(df.columns), [[_fmt(v) for v in row] for row in df.itertuples(index=False)]
+    )
 
 
 # ---------------------------------------------------------------- TTA ablation
@@ -67,34 +69,53 @@ def _pooled_views(models: Sequence[str | os.PathLike]) -> tuple[list[str], dict[
     for name, m in zip(names, models, strict=True):
         ov = mem.oof_views(m)
         if ov is None:
-            raise DocsortError("no per-view OOF predictions (oof_views.npz); train with a validation fold", file=str(m))
+            raise DocsortError(
+                "no per-view OOF predictions (oof_views.npz); train with a validation fold",
+                file=str(m),
+            )
         found[name] = ov
     return names, found
 
 
-def _ablate(views: dict[str, mem.OOFViews], merge: str, subsets: str) -> tuple[Ablation, int]:
+def pooled_ablation(
+    views: dict[str, mem.OOFViews], merge: str = "mean", subsets: str = "all"
+) -> tuple[Ablation, int]:
     """Ablation on the members' pooled OOF rows (per ID, mean over the members holding it out)."""
     common = [v for v in ens.VIEW_NAMES if all(v in ov.logits for ov in views.values())]
     per_view, targets, n = {}, None, 0
     probs = {name: ov.view_probs() for name, ov in views.items()}
     for v in common:
-        ids, targets, p, _ = mem.pooled([(ov.ids, ov.targets, probs[name][v]) for name, ov in views.items()])
+        ids, targets, p, _ = mem.pooled(
+            [(ov.ids, ov.targets, probs[name][v]) for name, ov in views.items()]
+        )
         per_view[v], n = p, len(ids)
     return tta_ablation(per_view, targets, merge=merge, subsets=subsets), n
 
 
-def ablate_tta(models: Sequence[str | os.PathLike], out: str | os.PathLike | None = None, *, merge: str = "mean", subsets: str = "all") -> Ablation:
+def ablate_tta(
+    models: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    *,
+    merge: str = "mean",
+    subsets: str = "all",
+    summary: str | os.PathLike | None = None,
+) -> Ablation:
     """Score every subset of the 8 dihedral views on the members' OOF logits and recommend one.
 
     Several members are pooled per image (the mean of the members that held it
     out), so the recommendation is for the ensemble; each member's own table is
     written too. Writes ``ablation.csv``, ``recommended.json`` (with the
-    ``tta.views=[...]`` override), ``recommended.yaml`` and ``summary.txt``.
+    ``tta.views=[...]`` override), ``recommended.yaml`` and ``summary.txt``;
+    ``summary`` gets the same text as Markdown (a KFP Markdown output).
     """
     ens.check_choice(merge, ens.MERGES, "merge")
     names, views = _pooled_views(models)
-    abl, n = _ablate(views, merge, subsets)
-    per_member = {name: _ablate({name: views[name]}, merge, subsets)[0] for name in names} if len(names) > 1 else {}
+    abl, n = pooled_ablation(views, merge, subsets)
+    per_member = (
+        {name: pooled_ablation({name: views[name]}, merge, subsets)[0] for name in names}
+        if len(names) > 1
+        else {}
+    )
     if out is not None:
         with atomic_path(Path(out), is_dir=True) as tmp:
             abl.table.to_csv(tmp / "ablation.csv", index=False)
@@ -116,8 +137,16 @@ def ablate_tta(models: Sequence[str | os.PathLike], out: str | os.PathLike | Non
                 "per_member": {name: list(a.recommended) for name, a in per_member.items()},
             }
             (tmp / "recommended.json").write_text(json.dumps(info, indent=2))
-            (tmp / "recommended.yaml").write_text(yaml.safe_dump({"tta": {"views": list(abl.recommended), "merge": merge}}, sort_keys=False))
+            (tmp / "recommended.yaml").write_text(
+                yaml.safe_dump(
+                    {"tta": {"views": list(abl.recommended), "merge": merge}}, sort_keys=False
+                )
+            )
             (tmp / "summary.txt").write_text(format_ablation(abl, n, per_member))
+    if summary is not None:
+        Path(summary).write_text(
+            f"# TTA ablation\n\nRecommended: **{'+'.join(abl.recommended)}** (`{recommended_override(abl.recommended)}`)\n\n```\n{format_ablation(abl, n, per_member)}```\n"
+        )
     return abl
 
 
@@ -126,15 +155,62 @@ def recommended_override(views: Sequence[str]) -> str:
     return f"tta.views=[{','.join(views)}]"
 
 
-def format_ablation(abl: Ablation, rows: int | None = None, per_member: dict[str, Ablation] | None = None, top: int = 10) -> str:
+def format_ablation(
+    abl: Ablation,
+    rows: int | None = None,
+    per_member: dict[str, Ablation] | None = None,
+    top: int = 10,
+) -> str:
     """Readable ablation table: best subsets, every single view and the named families."""
     s = abl.summary(top)
     body = text_table(
-        ["rank", "views", "family", "n", "macro_f1", "accuracy", "fixed", "broken", "net"],
-        [[str(r.rank), r.views, r.family or "", str(r.n_views), f"{r.macro_f1:.4f}", f"{r.accuracy:.4f}", str(r.fixed), str(r.broken), f"{r.net:+d}"] for r in s.itertuples()],
+        [
+            "rank",
+            "views",
+            "family",
+            "n",
+            "macro_f1",
+            "accuracy",
+            "fixed",
+            "broken",
+            "net",
+            "p vs identity",
+        ],
+        [
+            [
+                str(r.rank),
+                r.views,
+                r.family or "",
+                str(r.n_views),
+                f"{r.macro_f1:.4f}",
+                f"{r.accuracy:.4f}",
+                str(r.fixed),
+                str(r.broken),
+                f"{r.net:+d}",
+                f"{r.p_vs_identity:.3g}" if hasattr(r, "p_vs_identity") else "",
+            ]
+            for r in s.itertuples()
+        ],
     )
-    head = f"TTA ablation on {rows} OOF images (merge: {abl.merge}; fixed/broken versus identity alone)" if rows else f"TTA ablation (merge: {abl.merge})"
-    lines = [head, body, "", f"Recommended: {'+'.join(abl.recommended)}   ->   {recommended_override(abl.recommended)}"]
+    head = (
+        f"TTA ablation on {rows} OOF images (merge: {abl.merge}; fixed/broken versus identity alone)"
+        if rows
+        else f"TTA ablation (merge: {abl.merge})"
+    )
+    lines = [
+        head,
+        body,
+        "",
+        f"Recommended: {'+'.join(abl.recommended)}   ->   {recommended_override(abl.recommended)}",
+    ]
+    best = abl.table.iloc[0]
+    if (
+        "p_vs_identity" in abl.table.columns
+        and best["views"] != "identity"
+        and best["p_vs_identity"] >= 0.05
+    ):
+        lines.append(f"  (not clearly better than identity: exact McNemar p={best['p_vs_identity']:.3g} on "
+                     f"{best['fixed']} fixed vs {best['broken']} broken; more OOF images would tell)")  # fmt: skip
     for name, a in (per_member or {}).items():
         lines.append(f"  {name} alone: {'+'.join(a.recommended)}")
     return "\n".join(lines) + "\n"
@@ -145,7 +221,10 @@ def load_ablation(folder: str | os.PathLike) -> Ablation:
     folder = Path(folder)
     for name in ("ablation.csv", "recommended.json"):
         if not (folder / name).is_file():
-            raise DocsortError(f"not a TTA ablation folder (no {name}); run `docsort tta-ablation`", file=str(folder))
+            raise DocsortError(
+                f"not a TTA ablation folder (no {name}); run `docsort tta-ablation`",
+                file=str(folder),
+            )
     table = pd.read_csv(folder / "ablation.csv", keep_default_na=False)
     info = json.loads((folder / "recommended.json").read_text())
     return Ablation(table=table, recommended=tuple(info["views"]), merge=info["merge"])
@@ -175,7 +254,9 @@ class CandidateOOF:
     rows: str  # "shared": every member predicts every row; "pooled": per row, the members holding it out
 
 
-def _member_oofs(spec: ens.CandidateSpec, model_dirs: Sequence[Path | None]) -> list[mem.OOF] | None:
+def _member_oofs(
+    spec: ens.CandidateSpec, model_dirs: Sequence[Path | None]
+) -> list[mem.OOF] | None:
     out = []
     for i, m in enumerate(model_dirs):
         o = mem.oof_probs(m, spec.views_of(i), spec.tta_merge) if m is not None else None
@@ -195,8 +276,15 @@ def _shared(oofs: Sequence[mem.OOF]) -> tuple[list[str], np.ndarray, np.ndarray,
     targets = oofs[0].targets[rows[0]]
     for o, r in zip(oofs[1:], rows[1:], strict=True):
         if not np.array_equal(o.targets[r], targets):
-            raise DocsortError("members disagree on OOF training labels; were they trained on the same prepared data?")
-    return ids, targets, oofs[0].folds[rows[0]], [o.probs[r] for o, r in zip(oofs, rows, strict=True)]
+            raise DocsortError(
+                "members disagree on OOF training labels; were they trained on the same prepared data?"
+            )
+    return (
+        ids,
+        targets,
+        oofs[0].folds[rows[0]],
+        [o.probs[r] for o, r in zip(oofs, rows, strict=True)],
+    )
 
 
 def candidate_oof(spec: ens.CandidateSpec, oofs: Sequence[mem.OOF]) -> CandidateOOF | None:
@@ -222,7 +310,14 @@ def candidate_oof(spec: ens.CandidateSpec, oofs: Sequence[mem.OOF]) -> Candidate
     return CandidateOOF(pids, ptargets, np.array([fold_of[i] for i in pids]), p, "pooled")
 
 
-def _write_candidate(tmp: Path, spec: ens.CandidateSpec, ids: Sequence[str], probs: np.ndarray, oof: CandidateOOF | None, extra: dict | None = None) -> None:
+def _write_candidate(
+    tmp: Path,
+    spec: ens.CandidateSpec,
+    ids: Sequence[str],
+    probs: np.ndarray,
+    oof: CandidateOOF | None,
+    extra: dict | None = None,
+) -> None:
     ens.save_spec(spec, tmp / "candidate.yaml")
     write_probs(tmp / "probs.csv", ids, probs)
     if oof is not None:
@@ -231,6 +326,7 @@ def _write_candidate(tmp: Path, spec: ens.CandidateSpec, ids: Sequence[str], pro
         "name": spec.name,
         "method": spec.method,
         "members": len(spec.members),
+        "objective": spec.objective,
         "oof_macro_f1": spec.oof_macro_f1,
         "oof_rows": None if oof is None else oof.rows,
         "oof_images": 0 if oof is None else len(oof.ids),
@@ -251,49 +347,135 @@ def ensemble(
     merge: str = "mean",
     calibrate: bool = False,
     report: bool = True,
+    prepared: str | os.PathLike | None = None,
+    views: Sequence[str] | None = None,
+    tta_merge: str = "mean",
+    predict_overrides: Sequence[str] = (),
 ) -> Path:
     """Combine member prediction folders (``docsort predict`` output) into a candidate folder.
 
     Each member's model folder comes from ``models`` or from the ``model`` its
-    ``predict.json`` names. ``weighted`` and ``stacked`` (and ``calibrate``) fit
-    on the members' OOF predictions, recomputed for the views each member was
-    predicted with, on the rows all members share. ``report`` adds the ensemble
-    report: every member alone vs soft / weighted / stacked / hard on OOF, with
-    nested-CV scores and ECE before/after temperature scaling.
+    ``predict.json`` names. Without ``predictions``, the ``models`` (model
+    folders or fold bundles) are predicted here on ``prepared`` with ``views``
+    (default: the configured ``tta.views``) and kept under ``members/``.
+    ``weighted`` and ``stacked`` (and ``calibrate``) fit on the members' OOF
+    predictions, recomputed for the views each member was predicted with, on
+    the rows all members share. ``report`` adds the ensemble report: every
+    member alone vs soft / weighted / stacked / hard on OOF, with nested-CV
+    scores and ECE before/after temperature scaling.
     """
     ens.check_choice(method, ens.METHODS, "method")
-    if not predictions:
-        raise DocsortError("ensemble needs at least one member prediction folder")
-    preds = [Path(p) for p in predictions]
+    if predictions:
+        return _ensemble([Path(p) for p in predictions], Path(out), models=models, name=name, method=method, weights=weights,
+                         objective=objective, merge=merge, calibrate=calibrate, report=report)  # fmt: skip
+    if not models or prepared is None:
+        raise DocsortError(
+            "ensemble needs member prediction folders, or --model folders and --prepared data to predict them"
+        )
+    if views is None:
+        from docsort.config import load_config
+
+        views = list(load_config(predict_overrides).tta.views)
+    if (
+        method in ("weighted", "stacked") or calibrate
+    ):  # fail before minutes of prediction, not after
+        oofs = [mem.oof_probs(m, views, tta_merge) for m in models]
+        shared = mem.shared_rows([(o.ids, o.targets, o.probs) for o in oofs]) if all(oofs) else []
+        if len(shared) < MIN_SHARED_ROWS:
+            raise DocsortError(
+                _no_shared_oof(
+                    method,
+                    calibrate,
+                    "no oof.csv in a model folder"
+                    if not all(oofs)
+                    else f"only {len(shared)} OOF rows shared by every member",
+                )
+            )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".ensemble-predict.") as work:
+        preds = []
+        for i, m in enumerate(models):
+            preds.append(
+                mem.predict_member(
+                    prepared,
+                    m,
+                    Path(work) / "members" / f"{i:02d}-{Path(m).name}",
+                    views,
+                    tta_merge,
+                    predict_overrides,
+                )
+            )
+        return _ensemble(preds, out, models=models, name=name, method=method, weights=weights, objective=objective,
+                         merge=merge, calibrate=calibrate, report=report, keep=Path(work) / "members")  # fmt: skip
+
+
+def _ensemble(
+    preds: list[Path],
+    out: Path,
+    *,
+    models: Sequence[str | os.PathLike],
+    name: str | None,
+    method: str,
+    weights: Sequence[float] | None,
+    objective: str,
+    merge: str,
+    calibrate: bool,
+    report: bool,
+    keep: Path | None = None,
+) -> Path:
     infos = [_read_predict_json(p) for p in preds]
     if models:
         if len(models) != len(preds):
             raise DocsortError(f"{len(preds)} prediction folders but {len(models)} model folders")
         model_dirs: list[Path | None] = [Path(m) for m in models]
     else:
-        model_dirs = [Path(i["model"]) if i.get("model") and Path(i["model"]).exists() else None for i in infos]
+        model_dirs = [
+            Path(i["model"]) if i.get("model") and Path(i["model"]).exists() else None
+            for i in infos
+        ]
     name = name or {"soft": "soft-vote", "hard": "hard-vote"}.get(method, method)
     tables = [read_probs(p / "probs.csv") for p in preds]
     ids = tables[0][0]
-    member_probs = [align(t[0], t[1], ids, source=str(p / "probs.csv")) for t, p in zip(tables, preds, strict=True)]
+    member_probs = [
+        align(t[0], t[1], ids, source=str(p / "probs.csv"))
+        for t, p in zip(tables, preds, strict=True)
+    ]
     views = [list(i.get("views") or ["identity"]) for i in infos]
     merges = {i.get("merge", "mean") for i in infos}
     if len(merges) > 1:
-        raise DocsortError(f"members were predicted with different tta.merge ({', '.join(sorted(merges))}); predict them alike")
+        raise DocsortError(
+            f"members were predicted with different tta.merge ({', '.join(sorted(merges))}); predict them alike"
+        )
     tta_merge = merges.pop()
-    names = mem.unique_names([mem.member_name(m) if m is not None else f"member{n}" for n, m in enumerate(model_dirs)])
+    names = mem.unique_names(
+        [mem.member_name(m) if m is not None else f"member{n}" for n, m in enumerate(model_dirs)]
+    )
     members = [
-        ens.MemberSpec(name=nm, checkpoint=_abs(m if m is not None else p), views=v if v != views[0] else None)
+        ens.MemberSpec(
+            name=nm, checkpoint=_abs(m if m is not None else p), views=v if v != views[0] else None
+        )
         for nm, m, p, v in zip(names, model_dirs, preds, views, strict=True)
     ]
-    base = ens.CandidateSpec(name=name, members=members, method=method, merge=merge, tta_views=views[0], tta_merge=tta_merge, objective=objective)
+    base = ens.CandidateSpec(
+        name=name,
+        members=members,
+        method=method,
+        merge=merge,
+        tta_views=views[0],
+        tta_merge=tta_merge,
+        objective=objective,
+    )
     oofs = _member_oofs(base, model_dirs)
     ids_s, targets, folds, shared = _shared(oofs) if oofs else ([], None, None, [])
     needs_fit = (method in ("weighted", "stacked") and weights is None) or calibrate
     if needs_fit and len(ids_s) < MIN_SHARED_ROWS:
-        why = "no model folder with oof.csv" if oofs is None else f"only {len(ids_s)} OOF rows shared by every member"
-        raise DocsortError(f"method {method}{' with --calibrate' if calibrate else ''} fits on out-of-fold predictions the members share: {why}; "
-                           "train the members on the same folds (fold=all) or use soft/hard voting")  # fmt: skip
+        why = (
+            "no oof.csv in a model folder"
+            if oofs is None
+            else f"only {len(ids_s)} OOF rows shared by every member"
+        )
+        raise DocsortError(_no_shared_oof(method, calibrate, why))
     if needs_fit:
         spec = ens.fit_candidate(name, members, shared, targets, method=method, merge=merge, objective=objective,
                                  calibrate=calibrate, tta_views=views[0], tta_merge=tta_merge)  # fmt: skip
@@ -306,12 +488,21 @@ def ensemble(
     if oof is not None:
         spec.oof_macro_f1 = ens.score(oof.probs, oof.targets, "macro_f1")
     probs = ens.combine(spec, member_probs)
-    with atomic_path(Path(out), is_dir=True) as tmp:
-        _write_candidate(tmp, spec, ids, probs, oof, {"objective": objective})
+    with atomic_path(out, is_dir=True) as tmp:
+        _write_candidate(tmp, spec, ids, probs, oof)
         if report and oofs and len(ids_s) >= MIN_SHARED_ROWS:
-            rep = ens.evaluate_methods(names, shared, targets, folds=folds, objective=objective, merge=merge)
+            rep = ens.evaluate_methods(
+                names, shared, targets, folds=folds, objective=objective, merge=merge
+            )
             write_method_report(tmp, rep, len(ids_s))
-    return Path(out)
+        if keep is not None:
+            shutil.copytree(keep, tmp / "members")
+    return out
+
+
+def _no_shared_oof(method: str, calibrate: bool, why: str) -> str:
+    return (f"method {method}{' with --calibrate' if calibrate else ''} fits on out-of-fold predictions the members share: {why}; "
+            "train the members on the same folds (fold=all) or use soft/hard voting")  # fmt: skip
 
 
 def write_method_report(folder: Path, rep: ens.MethodReport, rows: int) -> None:
@@ -325,7 +516,21 @@ def write_method_report(folder: Path, rep: ens.MethodReport, rows: int) -> None:
 
 def format_method_report(rep: ens.MethodReport, rows: int) -> str:
     """Plain-text ensemble report (also valid Markdown inside a code block)."""
-    t = rep.table[["candidate", "method", "members", "macro_f1", "fit_macro_f1", "accuracy", "log_loss", "ece", "macro_f1_cal", "log_loss_cal", "ece_cal"]]
+    t = rep.table[
+        [
+            "candidate",
+            "method",
+            "members",
+            "macro_f1",
+            "fit_macro_f1",
+            "accuracy",
+            "log_loss",
+            "ece",
+            "macro_f1_cal",
+            "log_loss_cal",
+            "ece_cal",
+        ]
+    ]
     lines = [
         f"Ensemble methods on {rows} shared OOF images (macro_f1: nested CV, each row scored by a fit that never saw it;",
         "fit_macro_f1: in-sample; *_cal: with per-member temperature scaling)",
@@ -355,9 +560,16 @@ def ensemble_candidates(
     out.mkdir(parents=True, exist_ok=True)
     models = list(models) or [None] * len(predictions)
     for method in methods:
-        ensemble(predictions, out / {"soft": "soft-vote", "hard": "hard-vote"}.get(method, method), models=[m for m in models if m], method=method)
+        ensemble(
+            predictions,
+            out / {"soft": "soft-vote", "hard": "hard-vote"}.get(method, method),
+            models=[m for m in models if m],
+            method=method,
+        )
     if include_members and len(predictions) > 1:
-        names = mem.unique_names([mem.member_name(m) if m else f"member{n}" for n, m in enumerate(models)])
+        names = mem.unique_names(
+            [mem.member_name(m) if m else f"member{n}" for n, m in enumerate(models)]
+        )
         for nm, p, m in zip(names, predictions, models, strict=True):
             ensemble([p], out / nm, models=[m] if m else [], name=nm, method="soft", report=False)
     return out
@@ -419,8 +631,14 @@ def run_candidate(
         with atomic_path(out, is_dir=True) as tmp:
             member_probs = []
             for i, (m, ckpt) in enumerate(zip(spec_obj.members, checkpoints, strict=True)):
-                folder = tmp / "members" / f"{i:02d}-{''.join(c if c.isalnum() or c in '._-' else '_' for c in m.name)}"
-                mem.predict_member(prep.root, ckpt, folder, spec_obj.views_of(i), spec_obj.tta_merge, overrides)
+                folder = (
+                    tmp
+                    / "members"
+                    / f"{i:02d}-{''.join(c if c.isalnum() or c in '._-' else '_' for c in m.name)}"
+                )
+                mem.predict_member(
+                    prep.root, ckpt, folder, spec_obj.views_of(i), spec_obj.tta_merge, overrides
+                )
                 ids, p, _ = read_probs(folder / "probs.csv")
                 member_probs.append(align(ids, p, prep.test_ids, source=str(folder / "probs.csv")))
             probs = ens.combine(spec_obj, member_probs)
@@ -428,11 +646,18 @@ def run_candidate(
             oof = candidate_oof(spec_obj, oofs) if oofs else None
             if spec_obj.oof_macro_f1 is None and oof is not None:
                 spec_obj.oof_macro_f1 = ens.score(oof.probs, oof.targets, "macro_f1")
-            _write_candidate(tmp, spec_obj, prep.test_ids, probs, oof, {"spec": str(spec), "rerun": True})
+            _write_candidate(
+                tmp, spec_obj, prep.test_ids, probs, oof, {"spec": str(spec), "rerun": True}
+            )
     return out
 
 
-def prepare_for_candidates(data: str, specs: Sequence[str | os.PathLike], out: str | os.PathLike, overrides: Sequence[str] = ()) -> Path:
+def prepare_for_candidates(
+    data: str,
+    specs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    overrides: Sequence[str] = (),
+) -> Path:
     """``prepare`` the dataset with the image settings the candidates' members were trained with.
 
     Prediction needs the prepared images to match each model's
@@ -449,15 +674,23 @@ def prepare_for_candidates(data: str, specs: Sequence[str | os.PathLike], out: s
         for s in specs:
             spec = ens.load_spec(_fetch_spec(s, Path(work)))
             for m in spec.members:
-                for key, value in mem.data_settings(_fetch_checkpoint(m.checkpoint, Path(work))).items():
+                for key, value in mem.data_settings(
+                    _fetch_checkpoint(m.checkpoint, Path(work))
+                ).items():
                     if settings.setdefault(key, value) != value:
                         raise ConfigError(f"members need different data.{key} ({settings[key]} vs {value}); "
                                           "candidates run on one prepared folder, so their members must share it")  # fmt: skip
     given = {o.split("=", 1)[0].lstrip("+"): o.split("=", 1)[1] for o in overrides if "=" in o}
     for key, value in settings.items():
         if f"data.{key}" in given and given[f"data.{key}"] != value:
-            raise ConfigError(f"data.{key}={given[f'data.{key}']} but the candidates' members were trained with {value}")
-    return prepare(data, out, [*overrides, *(f"data.{k}={v}" for k, v in settings.items() if f"data.{k}" not in given)])
+            raise ConfigError(
+                f"data.{key}={given[f'data.{key}']} but the candidates' members were trained with {value}"
+            )
+    return prepare(
+        data,
+        out,
+        [*overrides, *(f"data.{k}={v}" for k, v in settings.items() if f"data.{k}" not in given)],
+    )
 
 
 # ---------------------------------------------------------------- hard cases
@@ -467,12 +700,19 @@ def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def compare_hardcases(prepared: str | os.PathLike, candidates: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+def compare_hardcases(
+    prepared: str | os.PathLike,
+    candidates: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    summary: str | os.PathLike | None = None,
+) -> Path:
     """Score each candidate folder on the prepared hardcases.csv; write the table and the winner.
 
     Arguments may be candidate folders (``docsort ensemble`` / ``docsort
     candidate run``) or folders holding several. Without any hard case on a
     test image the policy falls through to OOF macro F1, and the table says so.
+    ``summary`` gets a copy of ``comparison.md`` (a KFP Markdown output).
     """
     prep = Prepared(Path(prepared))
     meta = read_meta(prep.root / "meta.csv")
@@ -491,9 +731,18 @@ def compare_hardcases(prepared: str | os.PathLike, candidates: Sequence[str | os
         ids, probs, _ = read_probs(c / "probs.csv")
         missing = set(prep.test_ids) - set(ids)
         if missing:
-            raise DocsortError(f"{len(missing)} test images have no prediction (first {sorted(missing)[0]!r}); was it run on this prepared data?", file=str(c / "probs.csv"))
-        cand_probs[name] = align(ids, probs, hard["ID"].tolist(), source=str(c / "probs.csv")) if len(hard) else np.zeros((0, probs.shape[1]))
-        oof[name] = info.get("oof_macro_f1") if info.get("oof_macro_f1") is not None else float("nan")
+            raise DocsortError(
+                f"{len(missing)} test images have no prediction (first {sorted(missing)[0]!r}); was it run on this prepared data?",
+                file=str(c / "probs.csv"),
+            )
+        cand_probs[name] = (
+            align(ids, probs, hard["ID"].tolist(), source=str(c / "probs.csv"))
+            if len(hard)
+            else np.zeros((0, probs.shape[1]))
+        )
+        oof[name] = (
+            info.get("oof_macro_f1") if info.get("oof_macro_f1") is not None else float("nan")
+        )
         members[name] = int(info["members"])
         dirs[name] = c
     cmp = compare_candidates(
@@ -507,9 +756,14 @@ def compare_hardcases(prepared: str | os.PathLike, candidates: Sequence[str | os
         cmp.pairwise.to_csv(tmp / "pairwise.csv", index=False)
         text = cmp.format_table()
         if hard.empty:
-            text = "No hard case is a test image (add some with `docsort hardcases add`): the winner is chosen on OOF macro F1.\n\n" + text
+            text = (
+                "No hard case is a test image (add some with `docsort hardcases add`): the winner is chosen on OOF macro F1.\n\n"
+                + text
+            )
         (tmp / "comparison.txt").write_text(text)
-        (tmp / "comparison.md").write_text(f"# Hard-case comparison\n\nWinner: **{cmp.winner}**\n\n```\n{text}\n```\n")
+        (tmp / "comparison.md").write_text(
+            f"# Hard-case comparison\n\nWinner: **{cmp.winner}**\n\n```\n{text}\n```\n"
+        )
         shutil.copytree(dirs[cmp.winner], tmp / "winner")
         record = {
             "winner": cmp.winner,
@@ -519,6 +773,8 @@ def compare_hardcases(prepared: str | os.PathLike, candidates: Sequence[str | os
             "hardcases_sha256": _sha256_file(hard_path) if hard_path is not None else None,
         }
         (tmp / "winner.json").write_text(json.dumps(record, indent=2))
+    if summary is not None:
+        shutil.copyfile(out / "comparison.md", summary)
     return out
 
 
@@ -527,13 +783,22 @@ def load_comparison(folder: str | os.PathLike) -> Comparison:
     folder = Path(folder)
     for name in ("per_image.csv", "per_candidate.csv", "pairwise.csv", "winner.json"):
         if not (folder / name).is_file():
-            raise DocsortError(f"not a hard-case comparison folder (no {name}); run `docsort hardcases compare`", file=str(folder))
-    per_image = pd.read_csv(folder / "per_image.csv", dtype={"ID": str, "note": str, "kind": str, "truth": str}, keep_default_na=False)
+            raise DocsortError(
+                f"not a hard-case comparison folder (no {name}); run `docsort hardcases compare`",
+                file=str(folder),
+            )
+    per_image = pd.read_csv(
+        folder / "per_image.csv",
+        dtype={"ID": str, "note": str, "kind": str, "truth": str},
+        keep_default_na=False,
+    )
     per_candidate = pd.read_csv(folder / "per_candidate.csv")
     per_candidate["candidate"] = per_candidate["candidate"].astype(str)
     pairwise = pd.read_csv(folder / "pairwise.csv", dtype={"a": str, "b": str})
     record = json.loads((folder / "winner.json").read_text())
-    names = [c[: -len(":pred")] for c in per_image.columns if c.endswith(":pred")] or per_candidate["candidate"].tolist()
+    names = [c[: -len(":pred")] for c in per_image.columns if c.endswith(":pred")] or per_candidate[
+        "candidate"
+    ].tolist()
     for c in names:
         per_image[f"{c}:pred"] = per_image[f"{c}:pred"].astype(str)
         per_image[f"{c}:ok"] = per_image[f"{c}:ok"].astype(str).str.lower() == "true"
@@ -563,7 +828,9 @@ class ReportResult:
 ON_CHOICES = ("auto", "oof", "test", "hardcases")
 
 
-def _labelled_set(prep: Prepared, cand: Path, on: str) -> tuple[str, list[str], np.ndarray, np.ndarray, str]:
+def _labelled_set(
+    prep: Prepared, cand: Path, on: str
+) -> tuple[str, list[str], np.ndarray, np.ndarray, str]:
     """(kind, ids, targets, probs, split) the report is computed on; ``auto`` takes the first available.
 
     Order for ``auto``: the candidate's OOF predictions on the training images
@@ -585,14 +852,24 @@ def _labelled_set(prep: Prepared, cand: Path, on: str) -> tuple[str, list[str], 
                 labels = pd.read_csv(f, dtype={"ID": str})
             else:
                 labels = read_hardcases(f, read_meta(prep.root / "meta.csv"))
-                labels = labels[labels["ID"].isin(set(prep.test_ids)) & (labels["kind"] != "label_error")]
+                labels = labels[
+                    labels["ID"].isin(set(prep.test_ids)) & (labels["kind"] != "label_error")
+                ]
             if labels.empty:
                 continue
             ids, probs, _ = read_probs(cand / "probs.csv")
             ids_l = labels["ID"].tolist()
-            return kind, ids_l, labels["target"].to_numpy(dtype=np.int64), align(ids, probs, ids_l, source=str(cand / "probs.csv")), "test"
+            return (
+                kind,
+                ids_l,
+                labels["target"].to_numpy(dtype=np.int64),
+                align(ids, probs, ids_l, source=str(cand / "probs.csv")),
+                "test",
+            )
     wanted = "OOF predictions (oof.csv), test_labels.csv or hardcases.csv" if on == "auto" else on
-    raise DocsortError(f"nothing labelled to report on: no {wanted} for this candidate", file=str(cand))
+    raise DocsortError(
+        f"nothing labelled to report on: no {wanted} for this candidate", file=str(cand)
+    )
 
 
 _SET_TEXT = {
@@ -645,12 +922,15 @@ def _candidate_ablation(cand: Path) -> Ablation | None:
     if any(storage.is_s3(p) or not Path(p).exists() for p in paths):
         return None
     try:
-        views = {n: mem.oof_views(p) for n, p in zip(mem.unique_names([m.name for m in spec.members]), paths, strict=True)}
+        views = {
+            n: mem.oof_views(p)
+            for n, p in zip(mem.unique_names([m.name for m in spec.members]), paths, strict=True)
+        }
     except DocsortError:
         return None
     if any(v is None or "identity" not in v.logits for v in views.values()):
         return None
-    return _ablate(views, spec.tta_merge, "all")[0]
+    return pooled_ablation(views, spec.tta_merge, "all")[0]
 
 
 def error_report(
@@ -663,59 +943,112 @@ def error_report(
     ablation: str | os.PathLike | None = None,
     on: str = "auto",
     max_gallery: int = 500,
+    metrics=None,
+    confusion=None,
 ) -> ReportResult:
     """Write the error notebook (HTML) and its Markdown summary for one candidate.
 
     ``candidate`` defaults to the comparison's winner. The TTA ablation comes
     from ``ablation`` (a ``docsort tta-ablation`` folder) or, when omitted, is
     computed from the candidate members' stored per-view OOF logits.
+    ``metrics``/``confusion`` (KFP ``Metrics``/``ClassificationMetrics``
+    outputs) receive macro F1, accuracy and the confusion matrix.
     """
     from docsort.report import write_report, write_summary_md
-    from docsort.stats import accuracy, confusion, macro_f1
+    from docsort.stats import accuracy, macro_f1
+    from docsort.stats import confusion as confusion_matrix
 
     prep = Prepared(Path(prepared))
     if candidate is None:
         if comparison is None:
-            raise DocsortError("report needs --candidate or --comparison (whose winner is reported)")
+            raise DocsortError(
+                "report needs --candidate or --comparison (whose winner is reported)"
+            )
         candidate = Path(comparison) / "winner"
     cand = Path(candidate)
     if not (cand / "probs.csv").is_file():
-        raise DocsortError("not a candidate folder (no probs.csv); use `docsort ensemble` or `docsort candidate run`", file=str(cand))
-    name = json.loads((cand / "candidate.json").read_text())["name"] if (cand / "candidate.json").is_file() else cand.name
+        raise DocsortError(
+            "not a candidate folder (no probs.csv); use `docsort ensemble` or `docsort candidate run`",
+            file=str(cand),
+        )
+    name = (
+        json.loads((cand / "candidate.json").read_text())["name"]
+        if (cand / "candidate.json").is_file()
+        else cand.name
+    )
     kind, ids, targets, probs, split = _labelled_set(prep, cand, on)
     cmp = load_comparison(comparison) if comparison is not None else None
     abl = load_ablation(ablation) if ablation is not None else _candidate_ablation(cand)
     tables = []
     if (cand / "ensemble_report.csv").is_file():
-        tables.append(("ensemble-methods", "Ensemble methods on OOF (nested CV)", pd.read_csv(cand / "ensemble_report.csv", keep_default_na=False)))
+        tables.append(
+            (
+                "ensemble-methods",
+                "Ensemble methods on OOF (nested CV)",
+                pd.read_csv(cand / "ensemble_report.csv"),
+            )
+        )
     if (cand / "calibration.csv").is_file():
-        tables.append(("calibration", "Temperature scaling per member (ECE before/after)", pd.read_csv(cand / "calibration.csv")))
+        tables.append(
+            (
+                "calibration",
+                "Temperature scaling per member (ECE before/after)",
+                pd.read_csv(cand / "calibration.csv"),
+            )
+        )
     html = Path(html)
     title = f"docsort error report: {name}"
     note = f"Computed on {_SET_TEXT[kind]}."
     write_report(html, class_names=prep.class_names, ids=ids, targets=targets, probs=probs, image_loader=image_loader(prep, split),
                  comparison=cmp, ablation=abl, title=title, note=note, tables=tables, max_gallery=max_gallery)  # fmt: skip
     md = Path(summary) if summary is not None else html.with_name("summary.md")
-    write_summary_md(md, class_names=prep.class_names, targets=targets, probs=probs, comparison=cmp, ablation=abl, title=title, note=note)
+    write_summary_md(
+        md,
+        class_names=prep.class_names,
+        targets=targets,
+        probs=probs,
+        comparison=cmp,
+        ablation=abl,
+        title=title,
+        note=note,
+    )
     preds = probs.argmax(1)
-    return ReportResult(html=html, summary=md, on=kind, images=len(ids), macro_f1=macro_f1(targets, preds),
-                        accuracy=accuracy(targets, preds), class_names=prep.class_names,
-                        confusion=confusion(targets, preds, prep.num_classes))  # fmt: skip
+    result = ReportResult(html=html, summary=md, on=kind, images=len(ids), macro_f1=macro_f1(targets, preds),
+                          accuracy=accuracy(targets, preds), class_names=prep.class_names,
+                          confusion=confusion_matrix(targets, preds, prep.num_classes))  # fmt: skip
+    if metrics is not None or confusion is not None:
+        log_report_metrics(result, metrics, confusion)
+    return result
 
 
-def log_report_metrics(result: ReportResult, metrics, classification) -> None:
-    """Log a report's scores to KFP ``Metrics`` and its confusion matrix to ``ClassificationMetrics``."""
-    metrics.log_metric("macro_f1", float(result.macro_f1))
-    metrics.log_metric("accuracy", float(result.accuracy))
-    metrics.log_metric("images", float(result.images))
-    metrics.metadata["evaluated_on"] = result.on
-    classification.log_confusion_matrix(list(result.class_names), result.confusion.astype(int).tolist())
+def log_report_metrics(result: ReportResult, metrics=None, classification=None) -> None:
+    """Log a report's scores to KFP ``Metrics`` and its confusion matrix to ``ClassificationMetrics``.
+
+    The metadata is also written to the artifact's file: kfp.local counts an
+    output artifact without a file as missing.
+    """
+    if metrics is not None:
+        metrics.log_metric("macro_f1", round(float(result.macro_f1), 6))
+        metrics.log_metric("accuracy", round(float(result.accuracy), 6))
+        metrics.log_metric("images", float(result.images))
+        Path(metrics.path).write_text(json.dumps({**metrics.metadata, "evaluated_on": result.on}))
+    if classification is not None:
+        classification.log_confusion_matrix(
+            list(result.class_names), result.confusion.astype(int).tolist()
+        )
+        Path(classification.path).write_text(json.dumps(classification.metadata))
 
 
 # ---------------------------------------------------------------- submission
 
 
-def submit_candidate(prepared: str | os.PathLike, candidate: str | os.PathLike, out: str, *, now: dt.datetime | None = None) -> str:
+def submit_candidate(
+    prepared: str | os.PathLike,
+    candidate: str | os.PathLike,
+    out: str,
+    *,
+    now: dt.datetime | None = None,
+) -> str:
     """Submit a candidate folder's test predictions with its spec, checkpoint hashes and views as lineage."""
     cand = Path(candidate)
     spec = ens.load_spec(cand / "candidate.yaml")
@@ -725,10 +1058,24 @@ def submit_candidate(prepared: str | os.PathLike, candidate: str | os.PathLike, 
             with contextlib.suppress(DocsortError):  # a prediction folder, not a model
                 files += mem.checkpoint_files(m.checkpoint)
     views = list(dict.fromkeys(v for i in range(len(spec.members)) for v in spec.views_of(i)))
-    return submit(prepared, cand / "probs.csv", str(out), candidate=spec.name, spec=spec.to_dict(), checkpoints=files, views=views, now=now)
+    return submit(
+        prepared,
+        cand / "probs.csv",
+        str(out),
+        candidate=spec.name,
+        spec=spec.to_dict(),
+        checkpoints=files,
+        views=views,
+        now=now,
+    )
 
 
-def submit_winner(prepared: str | os.PathLike, comparison: str | os.PathLike, out: str | os.PathLike, output_root: str | None = None) -> str:
+def submit_winner(
+    prepared: str | os.PathLike,
+    comparison: str | os.PathLike,
+    out: str | os.PathLike,
+    output_root: str | None = None,
+) -> str:
     """Submit the winning candidate of a hard-case comparison (also to ``output_root`` if given, same version name)."""
     winner = Path(comparison) / "winner"
     now = dt.datetime.now(dt.UTC)
@@ -748,4 +1095,6 @@ def score_against_labels(prepared: str | os.PathLike, probs: str | os.PathLike) 
         return None
     df = pd.read_csv(labels, dtype={"ID": str})
     ids, p, _ = read_probs(probs)
-    return macro_f1(df["target"].to_numpy(), align(ids, p, df["ID"].tolist(), source=str(probs)).argmax(1))
+    return macro_f1(
+        df["target"].to_numpy(), align(ids, p, df["ID"].tolist(), source=str(probs)).argmax(1)
+    )

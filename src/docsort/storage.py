@@ -323,7 +323,10 @@ def _download(
     total = sum(o["size"] for o in objects.values())
     log.info("downloading %d objects (%d bytes) from %s", len(objects), total, uri)
 
-    with tqdm(total=total, unit="B", unit_scale=True, desc=uri, disable=not progress) as bar:
+    # disable=None: no bar when stderr is not a terminal (pipeline logs, captured output)
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc=uri, disable=None if progress else True
+    ) as bar:
 
         def fetch(rel: str) -> None:
             dest = local_dir / _safe_relpath(rel, uri)
@@ -391,7 +394,9 @@ def fingerprint(uri: str | os.PathLike) -> str:
         for p in sorted(root.rglob("*")):
             if p.is_file():
                 st = p.stat()
-                h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                h.update(
+                    f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+                )
                 n += 1
     if n == 0:
         raise DocsortError("no files under the dataset root", file=str(uri))
@@ -405,4 +410,6 @@ def upload_dir(local: str | os.PathLike, uri: str, *, workers: int = 8) -> list[
         raise DocsortError("folder not found", file=str(root))
     files = sorted(p for p in root.rglob("*") if p.is_file())
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda p: upload_file(p, join(uri, p.relative_to(root).as_posix())), files))
+        return list(
+            pool.map(lambda p: upload_file(p, join(uri, p.relative_to(root).as_posix())), files)
+        )

@@ -1,0 +1,137 @@
+"""Print the Markdown table of bad inputs and the one-line message each one gets.
+
+The cases are those of tests/test_bad_input.py (PREPARE_CASES, SUBMISSION_CASES,
+CONFIG_CASES), run through the real CLI on copies of the tiny sample dataset::
+
+    python bench/bad_inputs.py > bad_inputs.md
+
+Temporary paths are shown as ``<root>`` (the dataset), ``<prepared>`` and ``<work>``.
+A row whose ``ok`` column is not ``yes`` did not get exit status 2 with one line
+naming what the test expects.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.test_bad_input import (  # noqa: E402 - after making the repo importable
+    CONFIG_CASES,
+    PREPARE_CASES,
+    SUBMISSION_CASES,
+    TINY,
+    Case,
+    config_argv,
+    image_bytes,
+    prepare_argv,
+    put_image,
+    run_cli,
+    submission_argv,
+)
+
+
+def _row(label: str, command: str, rc: int, err: str, case: Case, paths: dict[str, str]) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    msg = lines[-1] if lines else ""
+    for path, alias in sorted(paths.items(), key=lambda kv: -len(kv[0])):
+        msg = msg.replace(path, alias)
+    ok = (
+        rc == 2
+        and len(lines) == 1
+        and msg.startswith("docsort: error: ")
+        and all(part in lines[0] for part in case.expect)
+    )
+    cell = msg.replace("|", "\\|")
+    return f"| {label} | `{command}` | {rc} | `{cell}` | {'yes' if ok else 'NO'} |"
+
+
+def _accepted(sample: Path, work: Path) -> list[str]:
+    """Inputs that must be accepted and converted, not refused."""
+    from PIL import Image
+
+    rows = []
+    data = work / "bom"
+    shutil.copytree(sample, data)
+    for name in ("train.csv", "meta.csv", "sample_submission.csv"):
+        text = (data / name).read_text(encoding="utf-8")
+        (data / name).write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n\r\n").encode())
+    rc, _, err = run_cli(prepare_argv(data, work / "bom-prep", Case("", ())))
+    rows.append(
+        f"| CSVs with a UTF-8 BOM, CRLF line ends and blank lines | `prepare` | {rc} | accepted | {'yes' if rc == 0 else 'NO'} |"
+    )
+
+    data = work / "modes"
+    shutil.copytree(sample, data)
+    import numpy as np
+
+    images = [
+        Image.fromarray(np.full((64, 64), 40000, dtype=np.uint16)),
+        Image.new("RGBA", (64, 64), (0, 0, 0, 128)),
+        Image.new("LA", (64, 64), (0, 0)),
+    ]
+    pal = Image.new("P", (64, 64), 1)
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    for row, im in enumerate(images, start=2):
+        put_image(data, row, image_bytes(im))
+    put_image(data, 5, image_bytes(pal, transparency=1))
+    rc, _, err = run_cli(prepare_argv(data, work / "modes-prep", Case("", ())))
+    rows.append(
+        f"| 16-bit gray, RGBA, LA and palette-with-transparency images | `prepare` | {rc} | "
+        f"accepted: scaled to 8 bits, composited on white | {'yes' if rc == 0 else 'NO'} |"
+    )
+    return rows
+
+
+def main() -> int:
+    from docsort.prepare import prepare
+    from docsort.sampledata import generate_sample_data
+
+    with tempfile.TemporaryDirectory(prefix="docsort-bad-") as tmp:
+        tmp = Path(tmp)
+        sample = generate_sample_data(tmp / "sample", per_class=6, test_per_class=2, seed=3)
+        prepared = prepare(str(sample), tmp / "prepared", TINY)
+        rows = ["| bad input | command | exit | message | ok |", "|---|---|---|---|---|"]
+        for n, case in enumerate(PREPARE_CASES):
+            work = tmp / f"p{n}"
+            data = work / "data"
+            shutil.copytree(sample, data)
+            if case.breaks:
+                case.breaks(data)
+            rc, _, err = run_cli(prepare_argv(data, work / "out" / "prepared", case))
+            rows.append(
+                _row(
+                    case.label, "prepare", rc, err, case, {str(data): "<root>", str(work): "<work>"}
+                )
+            )
+        for n, case in enumerate(SUBMISSION_CASES):
+            work = tmp / f"s{n}"
+            work.mkdir()
+            rc, _, err = run_cli(submission_argv(prepared, work, case))
+            rows.append(
+                _row(
+                    case.label,
+                    "submission",
+                    rc,
+                    err,
+                    case,
+                    {str(prepared): "<prepared>", str(work): "<work>"},
+                )
+            )
+        for n, case in enumerate(CONFIG_CASES):
+            work = tmp / f"c{n}"
+            work.mkdir()
+            rc, _, err = run_cli(config_argv(sample, prepared, work, case))
+            rows.append(_row(case.label, f"{case.command} {' '.join(case.overrides)}", rc, err, case,
+                             {str(sample): "<root>", str(prepared): "<prepared>", str(work): "<work>"}))  # fmt: skip
+        rows += _accepted(sample, tmp / "ok")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""KFP components of the review stages: candidates, hard-case comparison, error report, TTA ablation.
+
+Thin shims like ``components.stages``: each body imports docsort and calls one
+stage. The report component writes the outputs the KFP UI renders: the HTML
+error notebook, a Markdown summary, scalar ``Metrics`` and the confusion
+matrix as ``ClassificationMetrics``.
+"""
+
+from kfp import dsl
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+from docsort.images import image
+
+CPU_IMAGE = image("cpu")
+GPU_IMAGE = image("gpu")
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def prepare_candidates_op(
+    prepared: Output[Dataset], data_uri: str, specs: list, overrides: str = ""
+):
+    """Prepare the dataset with the image settings the candidates' members were trained with."""
+    from docsort.stages import prepare_for_candidates
+
+    prepare_for_candidates(data_uri, specs, prepared.path, overrides.split())
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def candidate_run_op(
+    prepared: Input[Dataset], candidate: Output[Dataset], spec: str, overrides: str = ""
+):
+    """Re-run one saved candidate spec: predict each member with its TTA views, then combine."""
+    from docsort.stages import run_candidate
+
+    run_candidate(spec, prepared.path, candidate.path, overrides.split())
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def compare_candidates_op(
+    prepared: Input[Dataset],
+    candidates: Input[list[Dataset]],
+    comparison: Output[Dataset],
+    summary: Output[Markdown],
+):
+    """Score the candidates on hardcases.csv side by side and choose the winner by the stated policy."""
+    from docsort.stages import compare_hardcases
+
+    compare_hardcases(
+        prepared.path, [c.path for c in candidates], comparison.path, summary=summary.path
+    )
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def report_op(
+    prepared: Input[Dataset],
+    comparison: Input[Dataset],
+    html: Output[HTML],
+    summary: Output[Markdown],
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    on: str = "auto",
+):
+    """The error notebook of the comparison's winner, with its scores and confusion matrix for the KFP UI."""
+    from docsort.stages import error_report
+
+    error_report(
+        prepared.path,
+        None,
+        html.path,
+        summary=summary.path,
+        comparison=comparison.path,
+        on=on,
+        metrics=metrics,
+        confusion=confusion,
+    )
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def tta_ablation_op(
+    models: Input[list[Model]],
+    ablation: Output[Dataset],
+    summary: Output[Markdown],
+    merge: str = "mean",
+):
+    """Score every subset of TTA views on the members' OOF predictions; recommend one."""
+    from docsort.stages import ablate_tta
+
+    ablate_tta([m.path for m in models], ablation.path, merge=merge, summary=summary.path)

@@ -1,0 +1,63 @@
+"""Submission: candidate specs -> predict with TTA + ensemble (one task per candidate) -> hard-case
+comparison -> error report -> submit the winner.
+
+``candidates`` are saved candidate specs (``candidate.yaml`` written by
+``docsort ensemble``, paths or s3:// URIs); their members' checkpoints must be
+reachable from the tasks. The data is prepared with the image settings the
+members were trained with.
+
+Locally, on the outputs of ``docsort demo``::
+
+    docsort run pipelines/submission.py --local --param data_root=DATA \\
+        --param 'candidates=["RUN/.../soft-vote/candidate.yaml", "RUN/.../hard-vote/candidate.yaml"]'
+"""
+
+from kfp import dsl
+
+from docsort.components.k8s import apply
+from docsort.components.review import (
+    candidate_run_op,
+    compare_candidates_op,
+    prepare_candidates_op,
+    report_op,
+)
+from docsort.components.stages import submit_op
+
+
+@dsl.pipeline(
+    name="docsort-submission",
+    description="docsort: re-run candidate specs, compare them on hard cases, report, submit the winner.",
+)
+def submission_pipeline(
+    data_root: str,
+    candidates: list,
+    output_root: str = "",
+    prepare_overrides: str = "",
+    predict_overrides: str = "",
+    report_on: str = "auto",
+) -> dsl.Dataset:
+    """``data_root``: dataset root (folder or s3://). ``candidates``: candidate spec paths/URIs.
+    ``output_root``: where the versioned submission also goes (folder or s3://; empty: only the
+    run's artifact). ``report_on``: auto | oof | test | hardcases."""
+    prep = prepare_candidates_op(data_uri=data_root, specs=candidates, overrides=prepare_overrides)
+    apply(prep.set_display_name("prepare"))
+    with dsl.ParallelFor(candidates, parallelism=2) as spec:
+        cand = candidate_run_op(
+            prepared=prep.outputs["prepared"], spec=spec, overrides=predict_overrides
+        )
+        apply(cand.set_display_name("predict-and-ensemble"))
+    cmp = compare_candidates_op(
+        prepared=prep.outputs["prepared"], candidates=dsl.Collected(cand.outputs["candidate"])
+    )
+    apply(cmp.set_display_name("hardcases-compare"))
+    rep = report_op(
+        prepared=prep.outputs["prepared"], comparison=cmp.outputs["comparison"], on=report_on
+    )
+    apply(rep.set_display_name("report"))
+    sub = submit_op(
+        prepared=prep.outputs["prepared"],
+        comparison=cmp.outputs["comparison"],
+        output_root=output_root,
+    )
+    apply(sub.set_display_name("submit").after(rep))
+    return sub.outputs["submission"]

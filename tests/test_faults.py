@@ -1,0 +1,249 @@
+"""Faults: an S3 endpoint dying mid-submission, a full disk during prepare, a torn cache.
+
+What must survive: the previous ``latest`` submission (complete, still pointed at), and
+no prepared folder or image cache that counts as complete unless it is.
+
+Covered elsewhere (not repeated here): S3 retries with backoff on throttling and dropped
+connections, and multipart uploads aborted when the endpoint dies
+(tests/test_storage.py::test_throttling_and_dropped_connections_are_retried,
+::test_retries_give_up_after_max_attempts, ::test_endpoint_dying_mid_upload_leaves_no_object);
+training resumed after SIGKILL (the training tests); pipeline caching (the pipeline tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from docsort import storage
+from docsort.submit import latest
+from tests.test_bad_input import TINY, one_line, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _probs(prepared: Path, path: Path, seed: int) -> Path:
+    ids = pd.read_csv(prepared / "test.csv", dtype=str)["ID"].tolist()
+    k = len(pd.read_csv(prepared / "meta.csv"))
+    p = np.random.default_rng(seed).dirichlet(np.ones(k), size=len(ids))
+    df = pd.DataFrame(p, columns=[f"p{j}" for j in range(k)])
+    df.insert(0, "ID", ids)
+    df.to_csv(path, index=False)
+    return path
+
+
+def _submit(prepared: Path, probs: Path, out: str, candidate: str) -> tuple[int, str]:
+    rc, _, err = run_cli(
+        ["submission", str(prepared), "--probs", str(probs), "--out", out, "--candidate", candidate]
+    )
+    return rc, err
+
+
+def _assert_every_submission_complete(out: str, rows: int) -> list[str]:
+    """Every CSV under submissions/ has its lineage, whose sha256 and row count match it."""
+    files = [u.rsplit("/", 1)[1] for u in storage.list_files(storage.join(out, "submissions"))]
+    csvs = sorted(f for f in files if f.endswith(".csv"))
+    for name in csvs:
+        data = storage.read_bytes(storage.join(out, "submissions", name))
+        lineage = json.loads(
+            storage.read_text(
+                storage.join(out, "submissions", name.removesuffix(".csv") + ".lineage.json")
+            )
+        )
+        assert lineage["sha256"] == hashlib.sha256(data).hexdigest(), name
+        assert data.decode().count("\n") == rows + 1 == lineage["rows"] + 1, name
+    return csvs
+
+
+@pytest.mark.parametrize("dies_during", ["lineage.json", ".csv", "latest.json"])
+def test_s3_dying_mid_submission_keeps_latest_on_a_complete_submission(
+    dies_during: str,
+    s3_server,
+    prepared_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setenv(
+        "AWS_MAX_ATTEMPTS", "2"
+    )  # retries happen (see test_storage), but keep the backoff short
+    out = f"s3://{s3_server.bucket}/runs"
+    rows = len(pd.read_csv(prepared_root / "test.csv"))
+    assert (
+        _submit(prepared_root, _probs(prepared_root, tmp_path / "a.csv", 1), out, "first")[0] == 0
+    )
+    first = latest(out)
+    first_bytes = storage.read_bytes(first)
+
+    def die(request, **_):
+        key = request.url.split("?")[0]
+        if key.endswith(dies_during) and ("-second" in key or dies_during == "latest.json"):
+            s3_server.stop()  # the endpoint goes away while this PUT is on its way
+
+    events = storage.client().meta.events
+    events.register("before-send.s3.PutObject", die, unique_id="die-mid-upload")
+    try:
+        rc, err = _submit(
+            prepared_root, _probs(prepared_root, tmp_path / "b.csv", 2), out, "second"
+        )
+    finally:
+        events.unregister("before-send.s3.PutObject", unique_id="die-mid-upload")
+    msg = one_line(err)
+    assert (
+        rc == 2 and msg.startswith(f"{out}/submissions/") and dies_during in msg and "S3 " in msg
+    ), msg
+    assert s3_server.secret not in err
+
+    s3_server.start()
+    assert latest(out) == first and storage.read_bytes(first) == first_bytes
+    csvs = _assert_every_submission_complete(out, rows)
+    if dies_during != "latest.json":  # the CSV never became visible
+        assert not [c for c in csvs if c.endswith("-second.csv")]
+    # With the endpoint back, the same command completes and moves latest.
+    assert _submit(prepared_root, tmp_path / "b.csv", out, "third")[0] == 0
+    assert latest(out).endswith("-third.csv")
+    _assert_every_submission_complete(out, rows)
+
+
+def _caches(prepared: Path) -> dict[str, bytes]:
+    info = json.loads((prepared / "prepared.json").read_text())
+    return {
+        split: (prepared / "cache" / name).read_bytes()
+        for split, name in info["cache"].items()
+        if split in ("train", "test")
+    }
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+_LIMITED = textwrap.dedent(
+    """
+    import resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like a full disk
+    limit = int(sys.argv[1])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    from docsort.cli import main
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+def test_full_disk_during_prepare_keeps_nothing_half_written(
+    sample_root: Path, prepared_root: Path, tmp_path: Path
+):
+    """A file-size limit (EFBIG) hits while the image cache is written: one line, the previous
+    complete folder untouched, no temporary left; with space, prepare rebuilds it correctly."""
+    out = tmp_path / "prep"
+    assert (
+        run_cli(
+            [
+                "prepare",
+                str(sample_root),
+                "--out",
+                str(out),
+                "data.image_size=32",
+                "data.num_folds=2",
+            ]
+        )[0]
+        == 0
+    )
+    before = _tree(out)
+
+    argv = ["prepare", str(sample_root), "--out", str(out), *TINY]
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIMITED, "100000", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "out of disk space (File too large); nothing was kept" in one_line(proc.stderr)
+    assert _tree(out) == before  # the earlier complete output is still what `out` holds
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "prep"
+    ]  # no temporary folder left beside it
+
+    assert run_cli(argv)[0] == 0
+    assert _caches(out) == _caches(prepared_root)
+    assert (out / "index.csv").read_bytes() == (prepared_root / "index.csv").read_bytes()
+
+
+_TMPFS = textwrap.dedent(
+    """
+    import contextlib, io, json, os, subprocess, sys
+    mnt, data = sys.argv[1:3]
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", mnt]).returncode:
+        sys.exit(77)
+    from docsort.cli import main
+    def prepare():
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = main(["prepare", data, "--out", mnt + "/prep", *sys.argv[3:]])
+        return rc, err.getvalue()
+    rc1, err1 = prepare()
+    left = sorted(os.listdir(mnt))
+    subprocess.run(["mount", "-o", "remount,size=16m", mnt], check=True)
+    rc2, err2 = prepare()
+    caches = {}
+    if rc2 == 0:
+        info = json.load(open(mnt + "/prep/prepared.json"))
+        caches = {k: open(mnt + "/prep/cache/" + v, "rb").read().hex() for k, v in info["cache"].items()}
+    print(json.dumps({"rc1": rc1, "err1": err1, "left": left, "rc2": rc2, "err2": err2, "caches": caches}))
+    """
+)
+
+
+def test_really_full_disk_fails_cleanly_not_with_sigbus(
+    sample_root: Path, prepared_root: Path, tmp_path: Path
+):
+    """A real ENOSPC: a 300 KiB tmpfs in a private mount namespace. The memory-mapped cache is
+    allocated up front, so a full disk is one error line, not a SIGBUS that leaves a temporary behind."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -rm (user and mount namespaces) for a private tmpfs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(
+        [unshare, "-rm", sys.executable, "-c", _TMPFS, str(mnt), str(sample_root), *TINY],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    if proc.returncode == 77:
+        pytest.skip("tmpfs cannot be mounted here")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["rc1"] == 2, res["err1"]
+    assert "out of disk space (No space left on device); nothing was kept" in one_line(res["err1"])
+    assert res["left"] == []  # neither `prep` nor a temporary folder
+    assert res["rc2"] == 0, res["err2"]
+    assert {
+        k: bytes.fromhex(v) for k, v in res["caches"].items() if k in ("train", "test")
+    } == _caches(prepared_root)
+
+
+def test_torn_cache_in_a_complete_folder_is_rebuilt_not_reused(
+    sample_root: Path, prepared_root: Path, tmp_path: Path
+):
+    """A cache file cut short (a copy interrupted, a disk error) is not linked into the next run as if complete."""
+    out = tmp_path / "prep"
+    argv = ["prepare", str(sample_root), "--out", str(out), *TINY]
+    assert run_cli(argv)[0] == 0
+    info = json.loads((out / "prepared.json").read_text())
+    torn = out / "cache" / info["cache"]["train"]
+    data = torn.read_bytes()
+    torn.unlink()  # not truncate(): other folders may share this file through hard links
+    torn.write_bytes(data[: len(data) // 2])
+    assert run_cli(argv)[0] == 0
+    assert _caches(out) == _caches(prepared_root)

@@ -1,0 +1,164 @@
+"""`docsort report`: the error notebook of a candidate, its labelled set, thumbnails and KFP outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from docsort.cli import main
+from docsort.prepared import Prepared
+from docsort.stages import ablate_tta, compare_hardcases, error_report, log_report_metrics
+from tests.review_fakes import fake_candidate, fake_member, one_hot
+from tests.test_report import Dom
+
+
+def _oof_candidate(prepared_root, tmp_path, name="c1814"):
+    """A candidate whose OOF predictions miss every fifth training image (to the next class)."""
+    prep = Prepared(prepared_root)
+    ids, y = prep.index["ID"].tolist(), prep.index["target"].to_numpy()
+    pred = y.copy()
+    pred[::5] = (y[::5] + 1) % prep.num_classes
+    oof = one_hot(pred, prep.num_classes, 0.7)
+    test = one_hot(np.arange(len(prep.test_ids)) % prep.num_classes, prep.num_classes, 0.8)
+    return fake_candidate(
+        tmp_path / name, name, prep.test_ids, test, oof=(ids, y, oof), oof_macro_f1=0.8
+    ), int((pred != y).sum())
+
+
+def test_report_on_oof_with_comparison_and_ablation(prepared_root, tmp_path, capsys):
+    cand, n_wrong = _oof_candidate(prepared_root, tmp_path)
+    cmp = compare_hardcases(prepared_root, [cand], tmp_path / "cmp")
+    ids = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    p = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.45, 0.55]])
+    member = fake_member(tmp_path / "m", ids, [0, 0, 1, 1], {"identity": p, "rot90": p[:, ::-1]})
+    ablate_tta([member], tmp_path / "abl")
+    html = tmp_path / "out" / "report.html"
+    code, out, err = (
+        main(
+            [
+                "report",
+                "--prepared",
+                str(prepared_root),
+                "--comparison",
+                str(cmp),
+                "--ablation",
+                str(tmp_path / "abl"),
+                "-o",
+                str(html),
+            ]
+        ),
+        *capsys.readouterr(),
+    )
+    assert code == 0, err
+    assert "(oof)" in out  # the winner's OOF predictions on the training images, by default
+    dom = Dom(html.read_text())
+    assert len(dom.find("figure", class_="miss")) == n_wrong
+    assert len(dom.find("img", class_="thumb")) == n_wrong  # thumbnails from the original images
+    for sid in (
+        "confusion-matrix",
+        "per-class",
+        "confused-pairs",
+        "gallery",
+        "hard-cases",
+        "tta-ablation",
+    ):
+        assert dom.find("section", id=sid), sid
+    text = html.read_text()
+    assert (
+        "out-of-fold predictions on the training images" in text
+        and "Recommended views: <b>identity</b>" in text
+    )
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "Winner: **c1814**" in md and "- misclassified: " + str(n_wrong) in md
+
+
+@pytest.mark.parametrize("on", ["test", "hardcases"])
+def test_report_on_test_labels_or_hard_cases(prepared_root, tmp_path, on):
+    cand, _ = _oof_candidate(prepared_root, tmp_path)
+    r = error_report(prepared_root, cand, tmp_path / "r.html", on=on)
+    prep = Prepared(prepared_root)
+    labels = len(pd.read_csv(prep.file("test_labels.csv" if on == "test" else "hardcases.csv")))
+    assert r.on == on and r.images == labels
+    assert r.confusion.sum() == labels and r.confusion.shape == (17, 17)
+    dom = Dom((tmp_path / "r.html").read_text())
+    assert len(dom.find("figure", class_="miss")) == labels - int(np.trace(r.confusion))
+
+
+def test_report_falls_back_to_the_cache_and_refuses_unlabelled_sets(
+    prepared_root, tmp_path, capsys
+):
+    prep_copy = shutil.copytree(prepared_root, tmp_path / "prep")
+    info = json.loads((prep_copy / "prepared.json").read_text())
+    info["source"] = str(
+        tmp_path / "moved-away"
+    )  # the original images are gone: thumbnails come from the cache
+    (prep_copy / "prepared.json").write_text(json.dumps(info))
+    cand, n_wrong = _oof_candidate(prep_copy, tmp_path)
+    r = error_report(prep_copy, cand, tmp_path / "r.html")
+    assert (
+        r.on == "oof"
+        and len(Dom((tmp_path / "r.html").read_text()).find("img", class_="thumb")) == n_wrong
+    )
+    (cand / "oof.csv").unlink()
+    (prep_copy / "test_labels.csv").unlink()
+    (prep_copy / "hardcases.csv").unlink()
+    code = main(
+        [
+            "report",
+            "--prepared",
+            str(prep_copy),
+            "--candidate",
+            str(cand),
+            "-o",
+            str(tmp_path / "x.html"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert (
+        code == 2 and "nothing labelled to report on" in err and not (tmp_path / "x.html").exists()
+    )
+
+
+def test_kfp_metrics_and_confusion_matrix(prepared_root, tmp_path):
+    from kfp.dsl import ClassificationMetrics, Metrics
+
+    cand, n_wrong = _oof_candidate(prepared_root, tmp_path)
+    metrics = Metrics(name="metrics", uri=str(tmp_path / "metrics"), metadata={})
+    cm = ClassificationMetrics(name="cm", uri=str(tmp_path / "cm"), metadata={})
+    r = error_report(prepared_root, cand, tmp_path / "r.html", metrics=metrics, confusion=cm)
+    n = len(Prepared(prepared_root).index)
+    assert metrics.metadata["accuracy"] == pytest.approx(1 - n_wrong / n, abs=1e-6)
+    assert metrics.metadata["macro_f1"] == pytest.approx(r.macro_f1, abs=1e-6)
+    matrix = cm.metadata["confusionMatrix"]
+    assert [a["displayName"] for a in matrix["annotationSpecs"]] == Prepared(
+        prepared_root
+    ).class_names
+    assert sum(map(sum, (row["row"] for row in matrix["rows"]))) == n
+    assert (
+        json.loads((tmp_path / "metrics").read_text())["evaluated_on"] == "oof"
+    )  # kfp.local needs the file
+    log_report_metrics(r)  # nothing to log to: no error
+
+
+def test_report_in_headless_chromium(prepared_root, tmp_path):
+    from tests.test_report import _browse
+
+    cand, n_wrong = _oof_candidate(prepared_root, tmp_path)
+    html = error_report(prepared_root, cand, tmp_path / "report.html").html
+    dom = Dom(_browse(tmp_path, html, "--dump-dom").stdout)
+    (body,) = dom.find("body")
+    assert body.get("data-confusion-loaded") == "true"
+    assert body.get("data-thumbs-loaded") == f"{n_wrong}/{n_wrong}"  # every thumbnail decoded
+    assert len(dom.find("figure", class_="miss")) == n_wrong
+    shot = tmp_path / "report.png"
+    try:
+        _browse(tmp_path, html, f"--screenshot={shot}", "--window-size=1280,2000")
+    except subprocess.CalledProcessError:
+        pytest.fail("chromium could not take the screenshot")
+    assert np.asarray(Image.open(shot).convert("L")).std() > 10
