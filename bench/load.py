@@ -28,19 +28,24 @@ from pathlib import Path
 import numpy as np
 
 CLASSES = ["invoice", "letter", "form", "receipt"]
-TINY = ["data.image_size=32", "data.num_folds=2", "model.name=mobilenetv3_small_050", "tracking.wandb=disabled"]
+TINY = [
+    "data.image_size=32",
+    "data.num_folds=2",
+    "model.name=mobilenetv3_small_050",
+    "tracking.wandb=disabled",
+]
 
 CHILD = r"""
-import json, os, resource, signal, sys, time
+import json, os, signal, sys, time
 from docsort.predict import predict
 
 src, model, out, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 overrides = sys.argv[5:]
 
-def rss_mb(pid="self"):
+def rss_mb(pid="self", field="VmRSS:"):
     try:
         for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -66,7 +71,8 @@ predict(src, model, out, overrides, on_shard=on_shard)
 seconds = time.perf_counter() - t
 print(json.dumps({
     "seconds": seconds,
-    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    # VmHWM: this process image's high-water mark (ru_maxrss would carry over the forking parent's)
+    "peak_rss_mb": rss_mb(field="VmHWM:"),
     "peak_worker_rss_mb": max([x[3] for x in samples] or [0.0]),  # sampled at each shard commit
     "end_rss_mb": rss_mb(),
     "shard_rss_mb": samples,
@@ -100,8 +106,12 @@ def make_dataset(root: Path, n: int) -> Path:
     """A dataset root with a few training images and ``n`` test images."""
     test = make_images(root / "test", n, seed=n)
     train = make_images(root / "train", 2 * len(CLASSES), seed=1)
-    (root / "meta.csv").write_text("target,class_name\n" + "".join(f"{k},{c}\n" for k, c in enumerate(CLASSES)))
-    (root / "train.csv").write_text("ID,target\n" + "".join(f"{i},{k % len(CLASSES)}\n" for k, i in enumerate(train)))
+    (root / "meta.csv").write_text(
+        "target,class_name\n" + "".join(f"{k},{c}\n" for k, c in enumerate(CLASSES))
+    )
+    (root / "train.csv").write_text(
+        "ID,target\n" + "".join(f"{i},{k % len(CLASSES)}\n" for k, i in enumerate(train))
+    )
     (root / "sample_submission.csv").write_text("ID,target\n" + "".join(f"{i},0\n" for i in test))
     return root
 
@@ -133,8 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="2000,5000,20000", help="numbers of test images")
     ap.add_argument("--shard-size", type=int, default=1024)
-    ap.add_argument("--sources", default="cache,folder", help="cache (prepared) and/or folder (decoded by a loader worker)")
-    ap.add_argument("--no-resume-demo", action="store_true", help="skip the kill-and-resume run of the largest size")
+    ap.add_argument(
+        "--sources",
+        default="cache,folder",
+        help="cache (prepared) and/or folder (decoded by a loader worker)",
+    )
+    ap.add_argument(
+        "--no-resume-demo",
+        action="store_true",
+        help="skip the kill-and-resume run of the largest size",
+    )
     ap.add_argument("--json", default=None)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
@@ -154,7 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             for source in sources:
                 src = prep if source == "cache" else data / "test"
                 workers = "0" if source == "cache" else "1"
-                overrides = [*TINY, f"tta.shard_size={args.shard_size}", f"tta.workers={workers}", "precision=auto"]
+                overrides = [
+                    *TINY,
+                    f"tta.shard_size={args.shard_size}",
+                    f"tta.workers={workers}",
+                    "precision=auto",
+                ]
                 log(f"{n} images from the {source}: predict (8 views)")
                 r = run_child(src, model, work / f"pred-{n}-{source}", overrides)
                 shard_rss = [s[2] for s in r["shard_rss_mb"]]
@@ -163,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_resume_demo:
             n = sizes[-1]
             src = work / f"prepared-{n}"
-            overrides = [*TINY, f"tta.shard_size={args.shard_size}", "tta.workers=0", "precision=auto"]
+            overrides = [
+                *TINY,
+                f"tta.shard_size={args.shard_size}",
+                "tta.workers=0",
+                "precision=auto",
+            ]
             shards = -(-n // args.shard_size)
             out = work / f"pred-{n}-resume"
             log(f"{n} images: SIGKILL after shard {shards // 2} of {shards}, then run again")
@@ -176,8 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             resume = None
 
-    print("\npredict, 8-view TTA, mobilenetv3_small_050 at 32 px, shards of", args.shard_size, "images")
-    print("| images | source | seconds | images/s | peak RSS main MB | peak RSS loader worker MB | RSS after 1st shard MB | RSS after last shard MB |")
+    print(
+        "\npredict, 8-view TTA, mobilenetv3_small_050 at 32 px, shards of",
+        args.shard_size,
+        "images",
+    )
+    print(
+        "| images | source | seconds | images/s | peak RSS main MB | peak RSS loader worker MB | RSS after 1st shard MB | RSS after last shard MB |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['images']} | {r['source']} | {r['seconds']:.1f} | {r['images'] / r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
@@ -187,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         sel = [r for r in rows if r["source"] == source]
         if len(sel) > 1:
             a, b = sel[0], sel[-1]
-            growth[source] = (b["peak_rss_mb"] - a["peak_rss_mb"]) / ((b["images"] - a["images"]) / 1000)
-            print(f"{source}: peak RSS grows {growth[source]:+.2f} MB per 1000 images from {a['images']} to {b['images']} images")
+            growth[source] = (b["peak_rss_mb"] - a["peak_rss_mb"]) / (
+                (b["images"] - a["images"]) / 1000
+            )
+            print(
+                f"{source}: peak RSS grows {growth[source]:+.2f} MB per 1000 images from {a['images']} to {b['images']} images"
+            )
     if resume:
         print(f"resume: killed after {resume['shards'] // 2} of {resume['shards']} shards; the re-run reused {resume['resumed_shards']} shards, "
               f"finished in {resume['seconds_after_restart']:.1f} s, identical probs.csv: {resume['identical_to_uninterrupted']}")  # fmt: skip

@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         result = run(args, work, t_start, budget)
     if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2))
     return result
 

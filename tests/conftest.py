@@ -117,3 +117,11 @@ def trained_member(prepared_root, tmp_path_factory) -> Path:
         train(prepared_root, out, [*TINY, "fold=0", "train.epochs=2", "train.batch_size=16", "tracking.wandb=disabled"])
     (out / "stdout.log").write_text(buf.getvalue())
     return out
+
+
+@pytest.fixture(autouse=True)
+def _wandb_never_online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach W&B's servers, whatever the developer's environment holds."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -34,7 +34,9 @@ def torch_pred(member_dir, prepared_root, tmp_path_factory) -> Path:
 
 def test_export_cli_writes_a_checked_model_with_a_dynamic_batch_axis(member_dir, tmp_path, capsys):
     out = tmp_path / "model.onnx"
-    assert main(["export", str(member_dir), "--format", "onnx", "--opset", "17", "-o", str(out)]) == 0
+    assert (
+        main(["export", str(member_dir), "--format", "onnx", "--opset", "17", "-o", str(out)]) == 0
+    )
     assert "matches torch within 1e-4" in capsys.readouterr().out
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
@@ -49,7 +51,9 @@ def test_export_cli_writes_a_checked_model_with_a_dynamic_batch_axis(member_dir,
 def test_onnxruntime_tta_matches_torch(member_dir, prepared_root, torch_pred, tmp_path):
     out = predict(prepared_root, member_dir, tmp_path / "pred", [*FP32, "runtime=onnx"])
     info = json.loads((out / "predict.json").read_text())
-    assert info["engine"]["runtime"] == "onnx" and info["engine"]["providers"] == ["CPUExecutionProvider"]
+    assert info["engine"]["runtime"] == "onnx" and info["engine"]["providers"] == [
+        "CPUExecutionProvider"
+    ]
     assert info["engine"]["threads"] == info["threads"]  # the same thread budget as torch
     ids_t, p_torch, _ = read_probs(torch_pred / "probs.csv")
     ids_o, p_onnx, _ = read_probs(out / "probs.csv")
@@ -61,17 +65,29 @@ def test_onnxruntime_tta_matches_torch(member_dir, prepared_root, torch_pred, tm
         assert np.abs(a - b).max() < 1e-3 and np.abs(a).max() > 1e-3
 
 
-def test_predict_uses_the_exported_model_only_when_it_matches_the_weights(member_dir, prepared_root, tmp_path, torch_pred):
+def test_predict_uses_the_exported_model_only_when_it_matches_the_weights(
+    member_dir, prepared_root, tmp_path, torch_pred
+):
     """``MODEL_DIR/model.onnx`` is used; after retraining (new weights) a stale one is ignored."""
     model = shutil.copytree(member_dir, tmp_path / "m")
-    assert main(["export", str(model), "--opset", "13"]) == 0  # default output: MODEL_DIR/model.onnx
-    out = predict(prepared_root, model, tmp_path / "a", [*FP32, "runtime=onnx", "tta.views=[identity]"])
-    assert json.loads((out / "predict.json").read_text())["engine"]["model"] == str(model / "model.onnx")
+    assert (
+        main(["export", str(model), "--opset", "13"]) == 0
+    )  # default output: MODEL_DIR/model.onnx
+    out = predict(
+        prepared_root, model, tmp_path / "a", [*FP32, "runtime=onnx", "tta.views=[identity]"]
+    )
+    assert json.loads((out / "predict.json").read_text())["engine"]["model"] == str(
+        model / "model.onnx"
+    )
 
     make_member(tmp_path / "retrained", prepared_root, seed=5)
     shutil.copyfile(tmp_path / "retrained" / "model.safetensors", model / "model.safetensors")
-    out = predict(prepared_root, model, tmp_path / "b", [*FP32, "runtime=onnx", "tta.views=[identity]"])
-    assert json.loads((out / "predict.json").read_text())["engine"]["model"] != str(model / "model.onnx")
+    out = predict(
+        prepared_root, model, tmp_path / "b", [*FP32, "runtime=onnx", "tta.views=[identity]"]
+    )
+    assert json.loads((out / "predict.json").read_text())["engine"]["model"] != str(
+        model / "model.onnx"
+    )
     ref = predict(prepared_root, model, tmp_path / "c", [*FP32, "tta.views=[identity]"])
     assert np.abs(read_probs(out / "probs.csv")[1] - read_probs(ref / "probs.csv")[1]).max() < 1e-4
 
@@ -82,19 +98,30 @@ def test_fp16_export_is_for_gpu_providers_only(member_dir, tmp_path, prepared_ro
     proto = onnx.load(str(out))
     kinds = {init.data_type for init in proto.graph.initializer}
     assert onnx.TensorProto.FLOAT16 in kinds
-    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O stay fp32
-    with pytest.raises(ConfigError, match="fp16 ONNX model runs on the CUDA or TensorRT provider only"):
+    assert (
+        proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    )  # I/O stay fp32
+    with pytest.raises(
+        ConfigError, match="fp16 ONNX model runs on the CUDA or TensorRT provider only"
+    ):
         OrtTTA(out, threads=1, device="cpu")
     with pytest.raises(ConfigError, match="precision=bf16 is not available with runtime=onnx"):
-        predict(prepared_root, member_dir, tmp_path / "p", [*TINY, "runtime=onnx", "precision=bf16"])
+        predict(
+            prepared_root, member_dir, tmp_path / "p", [*TINY, "runtime=onnx", "precision=bf16"]
+        )
 
 
 def test_providers_prefer_tensorrt_then_cuda_then_cpu(tmp_path):
     gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     chosen = ort_providers("auto", gpu, fp16=True, cache_dir=tmp_path)
     assert [p if isinstance(p, str) else p[0] for p in chosen] == gpu
-    assert chosen[0][1]["trt_fp16_enable"] is True and chosen[0][1]["trt_engine_cache_path"] == str(tmp_path)
-    assert ort_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert chosen[0][1]["trt_fp16_enable"] is True and chosen[0][1]["trt_engine_cache_path"] == str(
+        tmp_path
+    )
+    assert ort_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     assert ort_providers("cpu", gpu) == ["CPUExecutionProvider"]
     assert ort_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     with pytest.raises(ConfigError, match="no CUDA or TensorRT provider"):

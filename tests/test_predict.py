@@ -19,7 +19,13 @@ from tests.conftest import TINY
 from tests.test_speed import make_member
 
 # 34 test images in shards of 8: 5 shards, the last one short.
-SHARDED = [*TINY, "precision=fp32", "tta.shard_size=8", "tta.batch_size=3", "tta.views=[identity,rot90,flip]"]
+SHARDED = [
+    *TINY,
+    "precision=fp32",
+    "tta.shard_size=8",
+    "tta.batch_size=3",
+    "tta.views=[identity,rot90,flip]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +46,7 @@ def _stop_after(n: int):
     def hook(done: int, total: int) -> None:
         if done == n:
             raise Interrupt
+
     return hook
 
 
@@ -65,17 +72,28 @@ def test_outputs_are_streamed_from_shards(uninterrupted, prepared_root):
     views = np.load(uninterrupted / "views.npz")
     assert views.files == ["ids", "identity", "rot90", "flip"]
     assert views["ids"].tolist() == ids and views["rot90"].shape == (34, 17)
-    assert not (uninterrupted / "partial").exists()  # the work folder goes once the outputs are complete
+    assert not (
+        uninterrupted / "partial"
+    ).exists()  # the work folder goes once the outputs are complete
 
 
-def test_interrupted_run_keeps_finished_shards_and_resumes_to_identical_results(member_dir, prepared_root, uninterrupted, tmp_path):
+def test_interrupted_run_keeps_finished_shards_and_resumes_to_identical_results(
+    member_dir, prepared_root, uninterrupted, tmp_path
+):
     out = tmp_path / "pred"
     with pytest.raises(Interrupt):
         predict(prepared_root, member_dir, out, SHARDED, on_shard=_stop_after(2))
-    assert sorted(p.name for p in (out / "partial").glob("shard-*.npy")) == ["shard-00000.npy", "shard-00001.npy"]
+    assert sorted(p.name for p in (out / "partial").glob("shard-*.npy")) == [
+        "shard-00000.npy",
+        "shard-00001.npy",
+    ]
     progress = json.loads((out / "partial" / "progress.json").read_text())
-    assert progress["shards_done"] == 2 and progress["images_done"] == 16 and progress["images"] == 34
-    assert not (out / "probs.csv").exists() and not (out / "predict.json").exists()  # nothing passes for complete
+    assert (
+        progress["shards_done"] == 2 and progress["images_done"] == 16 and progress["images"] == 34
+    )
+    assert (
+        not (out / "probs.csv").exists() and not (out / "predict.json").exists()
+    )  # nothing passes for complete
 
     seen = []
     predict(prepared_root, member_dir, out, SHARDED, on_shard=lambda d, t: seen.append(d))
@@ -84,7 +102,9 @@ def test_interrupted_run_keeps_finished_shards_and_resumes_to_identical_results(
     _assert_same_outputs(out, uninterrupted)
 
 
-def test_sigkilled_run_resumes_to_identical_results(member_dir, prepared_root, uninterrupted, tmp_path):
+def test_sigkilled_run_resumes_to_identical_results(
+    member_dir, prepared_root, uninterrupted, tmp_path
+):
     """A real SIGKILL after the second shard: no cleanup, no exception handling, then a plain re-run."""
     out = tmp_path / "pred"
     script = (
@@ -99,16 +119,26 @@ def test_sigkilled_run_resumes_to_identical_results(member_dir, prepared_root, u
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert len(list((out / "partial").glob("shard-*.npy"))) == 2
-    assert not list((out / "partial").glob("**/*.tmp"))  # atomic commits: no torn shard under its final name
+    assert not list(
+        (out / "partial").glob("**/*.tmp")
+    )  # atomic commits: no torn shard under its final name
     predict(prepared_root, member_dir, out, SHARDED)
     assert json.loads((out / "predict.json").read_text())["resumed_shards"] == 2
     _assert_same_outputs(out, uninterrupted)
 
 
-def test_partial_results_of_other_settings_are_discarded(member_dir, prepared_root, uninterrupted, tmp_path, capsys):
+def test_partial_results_of_other_settings_are_discarded(
+    member_dir, prepared_root, uninterrupted, tmp_path, capsys
+):
     out = tmp_path / "pred"
     with pytest.raises(Interrupt):
-        predict(prepared_root, member_dir, out, [*SHARDED, "tta.views=[identity]"], on_shard=_stop_after(1))
+        predict(
+            prepared_root,
+            member_dir,
+            out,
+            [*SHARDED, "tta.views=[identity]"],
+            on_shard=_stop_after(1),
+        )
     capsys.readouterr()
     predict(prepared_root, member_dir, out, SHARDED)
     assert "discarding partial results" in capsys.readouterr().err
@@ -123,11 +153,15 @@ def test_rerun_of_a_complete_prediction_does_nothing(member_dir, prepared_root, 
     predict(prepared_root, member_dir, out, [*SHARDED, "tta.views=[identity]"])
     assert "already complete" in capsys.readouterr().err
     assert (out / "probs.csv").stat().st_mtime_ns == before
-    predict(prepared_root, member_dir, out, [*SHARDED, "tta.views=[rot90]"])  # other settings: predicted again
+    predict(
+        prepared_root, member_dir, out, [*SHARDED, "tta.views=[rot90]"]
+    )  # other settings: predicted again
     assert np.load(out / "views.npz").files == ["ids", "rot90"]
 
 
-def test_predict_a_plain_image_folder_decodes_like_prepare(member_dir, prepared_root, sample_root, uninterrupted, tmp_path):
+def test_predict_a_plain_image_folder_decodes_like_prepare(
+    member_dir, prepared_root, sample_root, uninterrupted, tmp_path
+):
     """Images not in a prepared folder are decoded by loader workers with the model's image spec."""
     out = predict(sample_root / "test", member_dir, tmp_path / "pred", [*SHARDED, "tta.workers=1"])
     info = json.loads((out / "predict.json").read_text())

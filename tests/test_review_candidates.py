@@ -205,3 +205,31 @@ def test_candidate_submit_writes_lineage(trained_member, prepared_root, tmp_path
         json.loads((tmp_path / "subs" / "submissions" / "latest.json").read_text())["submission"]
         == Path(uri).name
     )
+
+
+def test_prepare_for_candidates_reads_the_members_image_settings(
+    trained_member, sample_root, tmp_path
+):
+    from docsort.errors import ConfigError
+    from docsort.stages import prepare_for_candidates
+
+    spec = tmp_path / "candidate.yaml"
+    spec.write_text(
+        yaml.safe_dump({"name": "c", "members": [{"name": "m", "checkpoint": str(trained_member)}]})
+    )
+    with pytest.raises(
+        ConfigError, match="data.image_size=64 but the candidates' members were trained with 48"
+    ):
+        prepare_for_candidates(str(sample_root), [spec], tmp_path / "p", ["data.image_size=64"])
+    assert not (tmp_path / "p").exists()
+    info = json.loads(
+        (
+            prepare_for_candidates(str(sample_root), [spec], tmp_path / "p") / "prepared.json"
+        ).read_text()
+    )
+    assert (info["image_size"], info["channels"], info["resize"], info["num_folds"]) == (
+        48,
+        1,
+        "pad",
+        2,
+    )

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from docsort.pipeline_runner import compile_pipeline, run_local
 from docsort.stages import ensemble
@@ -15,7 +14,6 @@ from docsort.stages import ensemble
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "submission.py"
 
 
-@pytest.mark.slow
 def test_submission_pipeline_runs_locally(trained_member, prepared_root, sample_root, tmp_path):
     # Two candidates from one member: without TTA, and with the rot90 view (the "1814 vs 1824" choice).
     specs = []
@@ -32,7 +30,6 @@ def test_submission_pipeline_runs_locally(trained_member, prepared_root, sample_
     params = {
         "data_root": str(sample_root),
         "candidates": specs,
-        "prepare_overrides": "data.num_folds=2",
     }
     output = run_local(PIPELINE, tmp_path / "runs", params)
 
@@ -48,7 +45,10 @@ def test_submission_pipeline_runs_locally(trained_member, prepared_root, sample_
         "checkpoint"
     ] == str(trained_member.resolve())
     prepared = json.loads(next(run_dir.glob("*/prepared/prepared.json")).read_text())
-    assert prepared["image_size"] == 48  # read from the members, not given
+    assert (prepared["image_size"], prepared["num_folds"]) == (
+        48,
+        2,
+    )  # read from the members, not given
     # Each re-run candidate reproduces the probabilities of the spec it came from.
     for spec in specs:
         name = Path(spec).parent.name

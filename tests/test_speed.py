@@ -18,7 +18,9 @@ from docsort.tta import VIEWS, TorchTTA, auto_batch_size, auto_workers
 from tests.conftest import TINY
 
 
-def make_member(folder: Path, prepared_root: Path, seed: int = 0, overrides: tuple[str, ...] = ()) -> Path:
+def make_member(
+    folder: Path, prepared_root: Path, seed: int = 0, overrides: tuple[str, ...] = ()
+) -> Path:
     """An untrained (randomly initialised) member matching the tiny prepared data: enough to compare runtimes."""
     cfg = load_config([*TINY, *overrides])
     torch.manual_seed(seed)
@@ -89,7 +91,9 @@ def test_batch_size_and_workers_follow_the_device_unless_set():
     assert auto_batch_size(12, cpu, 8, 160) == 12
     with pytest.raises(ConfigError, match="tta.batch_size=0 must be >= 1 or auto"):
         auto_batch_size(0, cpu, 8, 160)
-    assert auto_workers("auto", cpu, decode=False) == 0  # cache rows cost microseconds: no worker steals a core
+    assert (
+        auto_workers("auto", cpu, decode=False) == 0
+    )  # cache rows cost microseconds: no worker steals a core
     assert auto_workers("auto", cpu, decode=True) >= 1  # JPEGs are decoded while the model runs
     assert auto_workers("auto", gpu, decode=True) >= 2
     assert auto_workers(3, cpu, decode=False) == 3
@@ -141,11 +145,17 @@ def test_cache_key_covers_the_whole_resize_spec(sample_root, tmp_path):
 
     out = tmp_path / "p"
     caches = {}
-    for name, extra in (("pad", []), ("stretch", ["data.resize=stretch"]), ("rgb", ["data.channels=3"])):
+    for name, extra in (
+        ("pad", []),
+        ("stretch", ["data.resize=stretch"]),
+        ("rgb", ["data.channels=3"]),
+    ):
         prepare(str(sample_root), out, [*TINY, *extra])
         prep = Prepared(out)
         caches[name] = (set(prep.info["cache"].values()), np.array(prep.images("test")))
         assert {p.name for p in (out / "cache").iterdir()} >= set(prep.info["cache"].values())
-    assert caches["pad"][0].isdisjoint(caches["stretch"][0]) and caches["pad"][0].isdisjoint(caches["rgb"][0])
+    assert caches["pad"][0].isdisjoint(caches["stretch"][0]) and caches["pad"][0].isdisjoint(
+        caches["rgb"][0]
+    )
     assert caches["rgb"][1].shape[1:] == (48, 48, 3) and caches["pad"][1].shape[1:] == (48, 48)
     assert not np.array_equal(caches["pad"][1], caches["stretch"][1])

@@ -342,7 +342,10 @@ def test_wandb_offline_run_holds_config_metrics_confusion_matrix_and_worst_predi
     runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1  # offline (no API key), inside the output folder
     deadline = time.time() + 60  # the W&B service process may still be flushing the log
-    while not any(r.WhichOneof("record_type") == "exit" for r in wandb_records(runs[0])) and time.time() < deadline:
+    while (
+        not any(r.WhichOneof("record_type") == "exit" for r in wandb_records(runs[0]))
+        and time.time() < deadline
+    ):
         time.sleep(0.2)
     history, config = [], {}
     for r in wandb_records(runs[0]):
@@ -396,7 +399,7 @@ def test_killed_training_resumes_from_last_checkpoint_and_ends_with_all_epochs(
 ):
     out = tmp_path / "m"
     argv = [sys.executable, "-m", "docsort.cli", "train", str(prepared_root), "--out", str(out),
-            *FAST, "fold=0", "train.epochs=4", "train.batch_size=4"]  # fmt: skip
+            *FAST, "fold=0", "train.epochs=4", "train.batch_size=8"]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env

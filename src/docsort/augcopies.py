@@ -16,6 +16,7 @@ is seeded from ``(seed, i, c)`` and is the same however many workers run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -53,6 +54,29 @@ def copies_key(train_key: str, cfg: DictConfig) -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
+@functools.cache
+def _redirect_augraphy_scratch() -> str:
+    """Point Augraphy's scratch folder away from the working directory.
+
+    Augraphy writes ``os.getcwd()/augraphy_cache/*.png`` on every call, which
+    litters the user's folder and fails on a read-only root filesystem; its
+    modules see a copy of ``os`` whose ``getcwd`` is a private temporary folder.
+    """
+    import os
+    import tempfile
+    import types
+
+    import augraphy.augmentations.lib as lib_module
+    import augraphy.base.augmentationpipeline as pipeline_module
+
+    scratch = tempfile.mkdtemp(prefix="docsort-augraphy-")
+    shim = types.SimpleNamespace(**{k: getattr(os, k) for k in dir(os) if not k.startswith("__")})
+    shim.getcwd = lambda: scratch
+    for module in (lib_module, pipeline_module):
+        module.os = shim
+    return scratch
+
+
 def augraphy_pipeline(name: str = "doc", seed: int | None = None):
     """A document-degradation pipeline.
 
@@ -64,6 +88,7 @@ def augraphy_pipeline(name: str = "doc", seed: int | None = None):
     """
     import augraphy as ag
 
+    _redirect_augraphy_scratch()
     if name not in AUGRAPHY_PIPELINES:
         raise ConfigError(
             f"aug.augraphy.pipeline={name!r} is not valid; choose from: {', '.join(AUGRAPHY_PIPELINES)}"

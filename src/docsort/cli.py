@@ -15,7 +15,6 @@ from pathlib import Path
 
 from docsort.errors import DocsortError
 
-
 # Modules that add subcommands: each has ``register(sub, add)`` and sets ``func`` on its parsers.
 EXTENSIONS: tuple[str, ...] = ("docsort.cli_review", "docsort.cli_export", "docsort.cli_cluster", "docsort.cli_train")
 

@@ -76,7 +76,11 @@ def autocast(device: torch.device, precision: str):
 
 def set_threads(threads: int | None) -> int:
     """Use ``threads`` intra-op threads (default: the cores this process may use)."""
-    n = threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = (
+        threads or len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else (os.cpu_count() or 1)
+    )
     n = int(threads or n)
     torch.set_num_threads(n)
     return n

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -417,7 +418,12 @@ def fit_stacker(
     if len(np.unique(y)) < 2:
         raise DocsortError("stacking needs at least two classes in the training rows")
     model = LogisticRegression(C=c, max_iter=2000)
-    model.fit(x, y)
+    with warnings.catch_warnings():
+        # Small OOF sets (a few rows per class) make sklearn guess "regression?"; the targets are classes.
+        warnings.filterwarnings(
+            "ignore", message="The number of unique classes is greater than 50%"
+        )
+        model.fit(x, y)
     return Stacker(
         coef=model.coef_.copy(),
         intercept=model.intercept_.copy(),

@@ -98,12 +98,14 @@ def unique_names(names: Sequence[str]) -> list[str]:
     return out
 
 
-def data_settings(path: str | os.PathLike) -> dict[str, str]:
-    """``data.image_size/channels/resize`` the member was trained with (prepared data must match)."""
+def data_settings(
+    path: str | os.PathLike, keys: Sequence[str] = ("image_size", "channels", "resize")
+) -> dict[str, str]:
+    """``data.<key>`` values the member was trained with (prepared data must match the image spec)."""
     from omegaconf import OmegaConf
 
     doc = OmegaConf.load(model_folders(path)[0] / "model.yaml")
-    return {k: str(doc.config.data[k]) for k in ("image_size", "channels", "resize")}
+    return {k: str(doc.config.data[k]) for k in keys if k in doc.config.data}
 
 
 def _load_npz(folder: Path) -> OOFViews | None:

@@ -121,7 +121,9 @@ def export_onnx(
     if verify and not fp16:
         diff = max_prob_diff(member, data)
         if diff > 1e-4:
-            raise DocsortError(f"exported model disagrees with torch (max |dp| = {diff:.2e} > 1e-4)", file=str(out))
+            raise DocsortError(
+                f"exported model disagrees with torch (max |dp| = {diff:.2e} > 1e-4)", file=str(out)
+            )
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
     return Path(out)
@@ -132,7 +134,9 @@ def max_prob_diff(member: Member, onnx_model: bytes, n: int = 4, seed: int = 0) 
     import onnxruntime as ort
 
     size, ch, _ = _spec(member)
-    x = torch.from_numpy(np.random.default_rng(seed).uniform(-1, 1, (n, ch, size, size)).astype(np.float32))
+    x = torch.from_numpy(
+        np.random.default_rng(seed).uniform(-1, 1, (n, ch, size, size)).astype(np.float32)
+    )
     with torch.inference_mode():
         ref = member.model.float().eval()(x).softmax(-1).numpy()
     sess = ort.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])

@@ -22,7 +22,13 @@ from docsort.tta import normalize, stack_views
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
-def ort_providers(device: str, available: Sequence[str], *, fp16: bool = False, cache_dir: str | os.PathLike | None = None) -> list:
+def ort_providers(
+    device: str,
+    available: Sequence[str],
+    *,
+    fp16: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> list:
     """Execution providers in priority order for ``device`` (auto | cpu | cuda)."""
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device={device!r} is not valid; choose from: auto, cpu, cuda")
@@ -36,7 +42,9 @@ def ort_providers(device: str, available: Sequence[str], *, fp16: bool = False, 
         if "CUDAExecutionProvider" in available:
             chosen.append("CUDAExecutionProvider")
         if device == "cuda" and not chosen:
-            raise ConfigError("device=cuda but this onnxruntime has no CUDA or TensorRT provider (install onnxruntime-gpu)")
+            raise ConfigError(
+                "device=cuda but this onnxruntime has no CUDA or TensorRT provider (install onnxruntime-gpu)"
+            )
     chosen.append("CPUExecutionProvider")
     return chosen
 
@@ -46,15 +54,29 @@ class OrtTTA:
 
     runtime = "onnx"
 
-    def __init__(self, model: str | os.PathLike | bytes, *, threads: int, device: str = "auto", cache_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        model: str | os.PathLike | bytes,
+        *,
+        threads: int,
+        device: str = "auto",
+        cache_dir: str | os.PathLike | None = None,
+    ):
         import onnxruntime as ort
 
         src = model if isinstance(model, bytes) else str(model)
         meta = {} if isinstance(model, bytes) else read_metadata(model)
         self.precision = meta.get("docsort.precision", "fp32")
-        providers = ort_providers(device, ort.get_available_providers(), fp16=self.precision == "fp16", cache_dir=cache_dir)
+        providers = ort_providers(
+            device,
+            ort.get_available_providers(),
+            fp16=self.precision == "fp16",
+            cache_dir=cache_dir,
+        )
         if self.precision == "fp16" and len(providers) == 1:
-            raise ConfigError("an fp16 ONNX model runs on the CUDA or TensorRT provider only; export without --fp16 for CPU")
+            raise ConfigError(
+                "an fp16 ONNX model runs on the CUDA or TensorRT provider only; export without --fp16 for CPU"
+            )
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
@@ -70,16 +92,36 @@ class OrtTTA:
         return np.asarray(out, dtype=np.float32).reshape(len(views), x.shape[0], -1)
 
     def describe(self) -> dict:
-        return {"runtime": self.runtime, "providers": self.providers, "precision": self.precision, "threads": self.threads, "model": self.model_file}
+        return {
+            "runtime": self.runtime,
+            "providers": self.providers,
+            "precision": self.precision,
+            "threads": self.threads,
+            "model": self.model_file,
+        }
 
 
-def runner_for(member, model_dir: str | os.PathLike, work_dir: Path, *, device: str, threads: int, precision: str) -> OrtTTA:
+def runner_for(
+    member,
+    model_dir: str | os.PathLike,
+    work_dir: Path,
+    *,
+    device: str,
+    threads: int,
+    precision: str,
+) -> OrtTTA:
     """An :class:`OrtTTA` for a member: its ``model.onnx`` when exported from these weights, else a fresh export.
 
     ``precision`` is ``fp32`` or ``fp16`` (fp16 only with a GPU provider).
     """
     digest = weights_digest(model_dir)
     path = Path(model_dir) / "model.onnx"
-    if not (path.is_file() and read_metadata(path).get("docsort.weights_sha256") == digest and read_metadata(path).get("docsort.precision") == precision):
-        path = export_onnx(model_dir, work_dir / f"model-{precision}.onnx", member=member, fp16=precision == "fp16")
+    if not (
+        path.is_file()
+        and read_metadata(path).get("docsort.weights_sha256") == digest
+        and read_metadata(path).get("docsort.precision") == precision
+    ):
+        path = export_onnx(
+            model_dir, work_dir / f"model-{precision}.onnx", member=member, fp16=precision == "fp16"
+        )
     return OrtTTA(path, threads=threads, device=device, cache_dir=work_dir / "trt-cache")

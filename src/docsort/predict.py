@@ -62,11 +62,17 @@ class CacheImages:
         self.path = Path(path)
         with open(self.path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(f)
             self.offset = f.tell()
         if fortran or dtype != np.uint8 or len(shape) not in (3, 4):
-            raise DocsortError("not a prepared image cache (uint8 N x S x S [x 3])", file=str(self.path))
+            raise DocsortError(
+                "not a prepared image cache (uint8 N x S x S [x 3])", file=str(self.path)
+            )
         self.shape = tuple(shape)
         self.row_bytes = int(np.prod(shape[1:]))
         self._file = None
@@ -87,7 +93,10 @@ class CacheImages:
         while got < len(view):
             n = self._file.readinto(view[got:])
             if not n:
-                raise DocsortError(f"image cache is truncated at row {start + got // self.row_bytes}; prepare again", file=str(self.path))
+                raise DocsortError(
+                    f"image cache is truncated at row {start + got // self.row_bytes}; prepare again",
+                    file=str(self.path),
+                )
             got += n
         return out
 
@@ -97,7 +106,16 @@ class FolderImages:
 
     decodes = True
 
-    def __init__(self, folder: Path, ids: Sequence[str], *, size: int, resize: str, channels: int, max_pixels: int):
+    def __init__(
+        self,
+        folder: Path,
+        ids: Sequence[str],
+        *,
+        size: int,
+        resize: str,
+        channels: int,
+        max_pixels: int,
+    ):
         self.folder, self.ids = Path(folder), list(ids)
         self.size, self.resize, self.channels, self.max_pixels = size, resize, channels, max_pixels
 
@@ -111,17 +129,29 @@ class FolderImages:
             try:
                 data = p.read_bytes()
             except OSError as err:
-                raise DocsortError(f"cannot read image ({err.strerror})", file=f"{self.folder.name}/{i}") from None
-            img = decode_image(data, channels=self.channels, max_pixels=self.max_pixels, name=f"{self.folder.name}/{i}", draft=self.size * 2)
+                raise DocsortError(
+                    f"cannot read image ({err.strerror})", file=f"{self.folder.name}/{i}"
+                ) from None
+            img = decode_image(
+                data,
+                channels=self.channels,
+                max_pixels=self.max_pixels,
+                name=f"{self.folder.name}/{i}",
+                draft=self.size * 2,
+            )
             imgs.append(fit_square(img, self.size, self.resize))
         return np.stack(imgs)
 
 
 def list_images(folder: Path) -> list[str]:
     """Image file names in ``folder``, sorted (the order of the output)."""
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    names = sorted(
+        p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
     if not names:
-        raise DocsortError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder", file=str(folder))
+        raise DocsortError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder", file=str(folder)
+        )
     return names
 
 
@@ -143,11 +173,15 @@ class _Batches(Dataset):
     def __getitem__(self, i: int):
         try:
             return to_nchw(self.source.read(*self.spans[i]))
-        except DocsortError as err:  # a plain DocsortError pickles to the main process with its one-line message
+        except (
+            DocsortError
+        ) as err:  # a plain DocsortError pickles to the main process with its one-line message
             return DocsortError(str(err))
 
 
-def iter_batches(source, spans: Sequence[tuple[int, int]], *, workers: int, pin_memory: bool = False):
+def iter_batches(
+    source, spans: Sequence[tuple[int, int]], *, workers: int, pin_memory: bool = False
+):
     """uint8 NCHW batches of ``spans``, in order, read ahead by ``workers`` processes."""
     dl = DataLoader(_Batches(source, spans), batch_size=None, shuffle=False, num_workers=workers,
                     pin_memory=pin_memory, prefetch_factor=2 if workers else None)  # fmt: skip
@@ -157,23 +191,33 @@ def iter_batches(source, spans: Sequence[tuple[int, int]], *, workers: int, pin_
         yield x
 
 
-def open_images(src: Path, split: str, member: Member, max_pixels: int) -> tuple[list[str], CacheImages | FolderImages, str]:
+def open_images(
+    src: Path, split: str, member: Member, max_pixels: int
+) -> tuple[list[str], CacheImages | FolderImages, str]:
     """IDs, a source and a cheap identity of the images (for resuming) of a prepared folder or an image folder."""
     d = member.cfg.data
     if (src / "prepared.json").is_file():
         prep = Prepared(src)
         if member.class_names != prep.class_names:
-            raise DocsortError("model classes differ from the prepared data's meta.csv", file=str(member.path))
+            raise DocsortError(
+                "model classes differ from the prepared data's meta.csv", file=str(member.path)
+            )
         for key in ("image_size", "channels", "resize"):
             if str(d[key]) != str(prep.info[key]):
-                raise DocsortError(f"model was trained with data.{key}={d[key]}, data prepared with {prep.info[key]}", file=str(member.path))
+                raise DocsortError(
+                    f"model was trained with data.{key}={d[key]}, data prepared with {prep.info[key]}",
+                    file=str(member.path),
+                )
         if split not in ("test", "train"):
             raise DocsortError(f"split {split!r} must be test or train")
         ids = prep.test_ids if split == "test" else prep.index["ID"].tolist()
         name = prep.info["cache"][split]  # keyed by content hash + resize spec
         source = CacheImages(src / "cache" / name)
         if len(source) != len(ids):
-            raise DocsortError(f"image cache has {len(source)} rows for {len(ids)} IDs; prepare again", file=str(source.path))
+            raise DocsortError(
+                f"image cache has {len(source)} rows for {len(ids)} IDs; prepare again",
+                file=str(source.path),
+            )
         return ids, source, name
     if src.is_dir():
         ids = list_images(src)
@@ -181,7 +225,14 @@ def open_images(src: Path, split: str, member: Member, max_pixels: int) -> tuple
         for i in ids:
             st = (src / i).stat()
             h.update(f"{i}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        source = FolderImages(src, ids, size=int(d.image_size), resize=str(d.resize), channels=int(d.channels), max_pixels=max_pixels)
+        source = FolderImages(
+            src,
+            ids,
+            size=int(d.image_size),
+            resize=str(d.resize),
+            channels=int(d.channels),
+            max_pixels=max_pixels,
+        )
         return ids, source, h.hexdigest()
     raise DocsortError("not a prepared folder (prepared.json) or a folder of images", file=str(src))
 
@@ -189,7 +240,9 @@ def open_images(src: Path, split: str, member: Member, max_pixels: int) -> tuple
 # --- settings ------------------------------------------------------------------------------
 
 
-def predict_settings(cfg: DictConfig, device: torch.device, *, decode: bool, image_size: int) -> dict:
+def predict_settings(
+    cfg: DictConfig, device: torch.device, *, decode: bool, image_size: int
+) -> dict:
     """Validated runtime, batch size, workers and shard size (fails before any work starts)."""
     tta = cfg.tta
     views = check_views(list(tta.views))
@@ -201,7 +254,9 @@ def predict_settings(cfg: DictConfig, device: torch.device, *, decode: bool, ima
         raise ConfigError(f"tta.shard_size={shard!r} must be an integer >= 1")
     if runtime == "onnx":
         if cfg.precision == "bf16":
-            raise ConfigError("precision=bf16 is not available with runtime=onnx; choose from: auto, fp32, fp16 (GPU)")
+            raise ConfigError(
+                "precision=bf16 is not available with runtime=onnx; choose from: auto, fp32, fp16 (GPU)"
+            )
         precision = "fp16" if cfg.precision == "fp16" else "fp32"
     else:
         precision = resolve_precision(str(cfg.precision), device)
@@ -210,7 +265,9 @@ def predict_settings(cfg: DictConfig, device: torch.device, *, decode: bool, ima
         "merge": str(tta.merge),
         "runtime": runtime,
         "precision": precision,
-        "batch_size": auto_batch_size(tta.get("batch_size", "auto"), device, len(views), image_size),
+        "batch_size": auto_batch_size(
+            tta.get("batch_size", "auto"), device, len(views), image_size
+        ),
         "workers": auto_workers(tta.get("workers", "auto"), device, decode=decode),
         "shard_size": int(shard),
     }
@@ -237,9 +294,16 @@ def predict(
     """
     cfg = load_config(overrides)
     member = load_member(model)
-    ids, source, images_key = open_images(storage.localize(prepared, Path(out).parent / ".docsort-download"), split, member, int(cfg.data.max_pixels))
+    ids, source, images_key = open_images(
+        storage.localize(prepared, Path(out).parent / ".docsort-download"),
+        split,
+        member,
+        int(cfg.data.max_pixels),
+    )
     device = resolve_device(str(cfg.device))
-    s = predict_settings(cfg, device, decode=source.decodes, image_size=int(member.cfg.data.image_size))
+    s = predict_settings(
+        cfg, device, decode=source.decodes, image_size=int(member.cfg.data.image_size)
+    )
     threads = set_threads(cfg.threads)
     out = Path(out)
     key = hashlib.sha256(json.dumps({
@@ -250,24 +314,34 @@ def predict(
     if done_info.is_file() and (out / "probs.csv").is_file() and (out / "views.npz").is_file():
         prev = json.loads(done_info.read_text())
         if prev.get("key") == key and prev.get("merge") == s["merge"]:
-            print(f"predict: {out} is already complete for this model, images and settings", file=sys.stderr)
+            print(
+                f"predict: {out} is already complete for this model, images and settings",
+                file=sys.stderr,
+            )
             return out
 
-    for stale in ("predict.json", "probs.csv", "views.npz"):  # outputs of another run must not pass for this one's
+    # outputs of another run must not pass for this one's, even if this one is interrupted
+    for stale in ("predict.json", "probs.csv", "views.npz"):
         (out / stale).unlink(missing_ok=True)
     work = out / "partial"
     run_file = work / "run.json"
     if run_file.is_file() and json.loads(run_file.read_text()).get("key") != key:
-        print("predict: discarding partial results of a run with another model, images or settings", file=sys.stderr)
+        print(
+            "predict: discarding partial results of a run with another model, images or settings",
+            file=sys.stderr,
+        )
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     if not run_file.is_file():
-        write_text_atomic(run_file, json.dumps({"key": key, "images": len(ids), "shard_size": s["shard_size"], "views": s["views"]}, indent=2))
+        run = {"key": key, "images": len(ids), "shard_size": s["shard_size"], "views": s["views"]}
+        write_text_atomic(run_file, json.dumps(run, indent=2))
 
     if s["runtime"] == "onnx":
         from docsort.ort_predict import runner_for
 
-        runner = runner_for(member, model, work, device=str(cfg.device), threads=threads, precision=s["precision"])
+        runner = runner_for(
+            member, model, work, device=str(cfg.device), threads=threads, precision=s["precision"]
+        )
     else:
         runner = TorchTTA(member.model, device, s["precision"])
 
@@ -276,7 +350,11 @@ def predict(
     pending = [k for k in range(len(shards)) if not _shard_path(work, k).is_file()]
     resumed = len(shards) - len(pending)
     bs = s["batch_size"]
-    spans = [(a, min(a + bs, shards[k][1])) for k in pending for a in range(shards[k][0], shards[k][1], bs)]
+    spans = [
+        (a, min(a + bs, shards[k][1]))
+        for k in pending
+        for a in range(shards[k][0], shards[k][1], bs)
+    ]
     t0 = time.perf_counter()
     _run_shards(runner, source, spans, shards, pending, work, s, device, on_shard)
     seconds = time.perf_counter() - t0
@@ -298,12 +376,22 @@ def _shard_path(work: Path, k: int) -> Path:
     return work / f"shard-{k:05d}.npy"
 
 
-def _run_shards(runner, source, spans, shards, pending, work: Path, s: dict, device: torch.device, on_shard) -> None:
+def _run_shards(
+    runner, source, spans, shards, pending, work: Path, s: dict, device: torch.device, on_shard
+) -> None:
     """Run every pending shard's batches through ``runner``; commit each shard as soon as it is complete."""
     from tqdm.auto import tqdm
 
     total = sum(shards[k][1] - shards[k][0] for k in pending)
-    bar = tqdm(total=total, desc="predict", unit="img", file=sys.stderr, leave=False, mininterval=2.0, disable=None)
+    bar = tqdm(
+        total=total,
+        desc="predict",
+        unit="img",
+        file=sys.stderr,
+        leave=False,
+        mininterval=2.0,
+        disable=None,
+    )
     batches = iter_batches(source, spans, workers=s["workers"], pin_memory=device.type == "cuda")
     done = len(shards) - len(pending)
     rows_done = sum(b - a for k, (a, b) in enumerate(shards) if k not in set(pending))
@@ -326,7 +414,9 @@ def _run_shards(runner, source, spans, shards, pending, work: Path, s: dict, dev
     bar.close()
 
 
-def _write_outputs(out: Path, work: Path, ids: Sequence[str], shards, views: Sequence[str], how: str) -> None:
+def _write_outputs(
+    out: Path, work: Path, ids: Sequence[str], shards, views: Sequence[str], how: str
+) -> None:
     """Stream the shards into ``probs.csv`` and ``views.npz`` (one shard in memory at a time)."""
     k = None
     with atomic_path(out / "probs.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -334,17 +424,34 @@ def _write_outputs(out: Path, work: Path, ids: Sequence[str], shards, views: Seq
             logits = np.load(_shard_path(work, n))
             k = logits.shape[-1]
             probs = merge(torch.from_numpy(logits), how).numpy().astype(np.float64)
-            df = pd.concat([pd.DataFrame({"ID": list(ids[a:b])}), pd.DataFrame(probs, columns=prob_columns(k))], axis=1)
+            df = pd.concat(
+                [
+                    pd.DataFrame({"ID": list(ids[a:b])}),
+                    pd.DataFrame(probs, columns=prob_columns(k)),
+                ],
+                axis=1,
+            )
             df.to_csv(f, index=False, header=n == 0, float_format="%.6g")
     width = max((len(i) for i in ids), default=1)
-    with atomic_path(out / "views.npz") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+    with (
+        atomic_path(out / "views.npz") as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf,
+    ):
         with zf.open("ids.npy", "w", force_zip64=True) as f:
             dtype = np.dtype(f"<U{width}")
-            np.lib.format.write_array_header_2_0(f, {"descr": dtype.str, "fortran_order": False, "shape": (len(ids),)})
+            np.lib.format.write_array_header_2_0(
+                f, {"descr": dtype.str, "fortran_order": False, "shape": (len(ids),)}
+            )
             for a in range(0, len(ids), 4096):
                 f.write(np.asarray(ids[a : a + 4096], dtype=dtype).tobytes())
         for v, name in enumerate(views):
             with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array_header_2_0(f, {"descr": "<f4", "fortran_order": False, "shape": (len(ids), k)})
+                np.lib.format.write_array_header_2_0(
+                    f, {"descr": "<f4", "fortran_order": False, "shape": (len(ids), k)}
+                )
                 for n in range(len(shards)):
-                    f.write(np.ascontiguousarray(np.load(_shard_path(work, n), mmap_mode="r")[v], dtype="<f4").tobytes())
+                    f.write(
+                        np.ascontiguousarray(
+                            np.load(_shard_path(work, n), mmap_mode="r")[v], dtype="<f4"
+                        ).tobytes()
+                    )

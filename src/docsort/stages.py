@@ -132,6 +132,7 @@ def ablate_tta(
                 "identity_macro_f1": float(ident["macro_f1"]),
                 "fixed": int(best["fixed"]),
                 "broken": int(best["broken"]),
+                "p_vs_identity": float(best["p_vs_identity"]),
                 "rows": n,
                 "members": [str(m) for m in models],
                 "per_member": {name: list(a.recommended) for name, a in per_member.items()},
@@ -662,7 +663,9 @@ def prepare_for_candidates(
 
     Prediction needs the prepared images to match each model's
     ``data.image_size/channels/resize``; reading them from the members saves
-    the user from repeating (and mistyping) them.
+    the user from repeating (and mistyping) them. ``data.num_folds`` defaults
+    to the first member's (folds do not matter for prediction, but a small
+    dataset may not split into the default number).
     """
     from docsort.prepare import prepare
 
@@ -670,13 +673,14 @@ def prepare_for_candidates(
         raise DocsortError("no candidate specs given")
     out = Path(out)
     settings: dict[str, str] = {}
+    defaults: dict[str, str] = {}
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as work:
         for s in specs:
             spec = ens.load_spec(_fetch_spec(s, Path(work)))
             for m in spec.members:
-                for key, value in mem.data_settings(
-                    _fetch_checkpoint(m.checkpoint, Path(work))
-                ).items():
+                ckpt = _fetch_checkpoint(m.checkpoint, Path(work))
+                defaults = defaults or mem.data_settings(ckpt, ("num_folds",))
+                for key, value in mem.data_settings(ckpt).items():
                     if settings.setdefault(key, value) != value:
                         raise ConfigError(f"members need different data.{key} ({settings[key]} vs {value}); "
                                           "candidates run on one prepared folder, so their members must share it")  # fmt: skip
@@ -689,7 +693,14 @@ def prepare_for_candidates(
     return prepare(
         data,
         out,
-        [*overrides, *(f"data.{k}={v}" for k, v in settings.items() if f"data.{k}" not in given)],
+        [
+            *overrides,
+            *(
+                f"data.{k}={v}"
+                for k, v in {**defaults, **settings}.items()
+                if f"data.{k}" not in given
+            ),
+        ],
     )
 
 

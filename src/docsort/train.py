@@ -535,7 +535,7 @@ def train_member(prep: Prepared, cfg: DictConfig, fold: int | None, out: Path) -
             cfg.tta.batch_size,
         )
         ids = index["ID"].to_numpy()[va_rows]
-        np.savez_compressed(out / "oof_views.npz", ids=ids, targets=targets[va_rows], **per_view)
+        np.savez_compressed(out / "oof_views.npz", ids=np.asarray(ids, dtype=str), targets=targets[va_rows], **per_view)
         logits = torch.stack([torch.from_numpy(per_view[v]) for v in cfg.tta.views])
         probs = merge(logits, str(cfg.tta.merge)).numpy()
         write_probs(

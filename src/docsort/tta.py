@@ -50,7 +50,9 @@ def check_views(views: Sequence[str]) -> list[str]:
     """Validate view names, keeping their order."""
     bad = [v for v in views if v not in VIEWS]
     if bad or not views:
-        raise ConfigError(f"unknown TTA view {bad[0] if bad else '(none)'}; choose from: {', '.join(VIEWS)}")
+        raise ConfigError(
+            f"unknown TTA view {bad[0] if bad else '(none)'}; choose from: {', '.join(VIEWS)}"
+        )
     return list(views)
 
 
@@ -86,7 +88,9 @@ def tta_logits(model: torch.nn.Module, x: torch.Tensor, views: Sequence[str]) ->
     return out.reshape(len(views), x.shape[0], -1)
 
 
-def auto_batch_size(value: int | str | None, device: torch.device, n_views: int, image_size: int) -> int:
+def auto_batch_size(
+    value: int | str | None, device: torch.device, n_views: int, image_size: int
+) -> int:
     """Images per batch: ``value`` if given, else sized so ``n_views x images`` fits the device.
 
     On CPU about 64 views of 160 px per forward pass (8 images x 8 views); on a
@@ -113,7 +117,9 @@ def auto_workers(value: int | str | None, device: torch.device, *, decode: bool)
         if n < 0:
             raise ConfigError(f"tta.workers={value} must be >= 0 or auto")
         return n
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     if device.type == "cuda":
         return min(8, max(2, cores - 1)) if decode else 2
     if not decode:
@@ -143,7 +149,14 @@ class TorchTTA:
 
     runtime = "torch"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32", *, fuse: bool = True):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        precision: str = "fp32",
+        *,
+        fuse: bool = True,
+    ):
         model = fuse_batchnorm(model.eval()) if fuse else model.eval()
         self.model = model.to(device).to(memory_format=torch.channels_last)
         self.device, self.precision, self.fused = device, precision, fuse
@@ -160,4 +173,9 @@ class TorchTTA:
         return out.float().reshape(len(views), x.shape[0], -1).cpu().numpy()
 
     def describe(self) -> dict:
-        return {"runtime": self.runtime, "device": str(self.device), "precision": self.precision, "fused_batchnorm": self.fused}
+        return {
+            "runtime": self.runtime,
+            "device": str(self.device),
+            "precision": self.precision,
+            "fused_batchnorm": self.fused,
+        }
