@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 
 import pandas as pd
@@ -36,7 +37,10 @@ def test_demo_pipeline_runs_locally_end_to_end(tmp_path):
         "prepare_overrides": f"experiment=demo {tiny}",
         "predict_overrides": f"experiment=demo {tiny}",
     }
+    real_print = builtins.print
     output = run_local(Path(__file__).resolve().parents[1] / "pipelines" / "demo.py", tmp_path, params)
+    # kfp.local's per-task print wrapper must not outlive the run (it broke later prints)
+    assert builtins.print is real_print
     sub_csv = next(Path(output.path).glob("submissions/*.csv"))
     run_dir = Path(output.path).parent.parent
     prepared = next(run_dir.glob("*/prepared/prepared.json")).parent

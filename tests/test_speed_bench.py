@@ -33,7 +33,7 @@ def test_load_bench_reports_flat_memory_and_an_identical_resume(tmp_path):
 @pytest.mark.slow
 def test_throughput_bench_writes_every_ratio(tmp_path):
     out = tmp_path / "t.json"
-    args = ["--images", "8", "--naive-images", "2", "--rounds", "1", "--per-class", "3", "--test-per-class", "2",
+    args = ["--rounds", "2", "--per-class", "3", "--test-per-class", "2",
             "--train-epochs", "1", "--epoch-images", "34", "--epoch-sides", "320", "--epoch-rounds", "1",
             "--image-size", "64", "--json", str(out)]  # fmt: skip
     proc = subprocess.run(

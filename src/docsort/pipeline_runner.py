@@ -7,6 +7,7 @@ compiles to the YAML a KFP cluster runs.
 
 from __future__ import annotations
 
+import builtins
 import importlib.util
 import inspect
 import json
@@ -121,10 +122,15 @@ def run_local(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out), raise_on_error=True,
         enable_caching=cache, cache_root=str(out / ".kfp_cache"),
     )  # fmt: skip
+    # kfp.local swaps builtins.print per task; two tasks of a ParallelFor running at once
+    # can leave its indenting wrapper installed after the run, so restore the real one.
+    real_print = builtins.print
     try:
         task = pipeline(**dict(params or {}))
     except RuntimeError as err:
         plain = re.sub(r"\x1b\[[0-9;]*m", "", str(err).splitlines()[0])
         raise DocsortError(f"pipeline failed: {plain}", file=str(path)) from None
+    finally:
+        builtins.print = real_print
     outputs = getattr(task, "outputs", None) or {}
     return outputs.get("Output") if isinstance(outputs, dict) else outputs
