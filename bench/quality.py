@@ -18,7 +18,8 @@ recipe's model, loader, augmentation and precision) and the TTA forward pass;
 the epochs per member follow from the time left, and the number of members is
 lowered until each gets at least ``--min-epochs``. Before each further member
 the time the previous one really took is checked, so the run ends near the
-budget even when the probe was optimistic. DATA defaults to $DOCSORT_REAL_DATA.
+budget whether the probe was optimistic (fewer members) or pessimistic (more
+members, up to the number of folds). DATA defaults to $DOCSORT_REAL_DATA.
 """
 
 from __future__ import annotations
@@ -224,11 +225,17 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
     log(f"plan: {members} member(s) x {epochs} epochs in {left / 60:.1f} min left")
 
     rows, member_dirs = [], []
-    for k in range(members):
+    most = min(args.members or folds, folds)
+    for k in range(most):
         elapsed = time.perf_counter() - t_start
-        if k and elapsed + rows[-1]["train_s"] + rows[-1]["predict_s"] > budget:
+        fits = (
+            not k or elapsed + rows[-1]["train_s"] + rows[-1]["predict_s"] <= budget - 0.03 * budget
+        )
+        if not fits:
             log(f"stopping at {k} member(s): the next one would pass the budget")
             break
+        if k >= members:  # the probe was pessimistic: the measured member cost leaves room
+            log(f"member {k + 1}: the measured cost of a member still fits the budget")
         mdir = work / f"fold{k}"
         t = time.perf_counter()
         with open(work / f"fold{k}.log", "w") as f, contextlib.redirect_stdout(f):

@@ -11,11 +11,9 @@ On a cluster: ``docsort submit pipelines/sweep.py --host URL --param data_uri=s3
 
 from kfp import dsl
 
+from docsort.components.graph import trained_folds, versioned_prepare
 from docsort.components.k8s import apply
-from docsort.components.stages import data_version_op, oof_report_op, prepare_op, sweep_op, train_op
-
-#: Folds trained at once on a cluster (kfp.local runs at most two tasks at a time).
-FOLD_PARALLELISM = 5
+from docsort.components.stages import sweep_op
 
 
 @dsl.pipeline(
@@ -37,28 +35,14 @@ def sweep_pipeline(
     ``data_overrides`` apply to prepare, every trial and the final members;
     ``sweep_overrides`` to every trial (and so to the best config);
     ``train_overrides`` only to the final members (e.g. more epochs)."""
-    version = apply(data_version_op(data_uri=data_uri).set_display_name("data-version"))
-    prep = apply(
-        prepare_op(
-            data_uri=data_uri, data_version=version.output, overrides=data_overrides
-        ).set_display_name("prepare")
-    )
+    prep = versioned_prepare(data_uri, data_overrides)
     sweep = sweep_op(
         prepared=prep.outputs["prepared"], space=space, backend=backend, n_trials=n_trials,
         overrides=data_overrides, extra_overrides=sweep_overrides,
         namespace=namespace, timeout_s=sweep_timeout_s,
     )  # fmt: skip
     apply(sweep.set_display_name("sweep"))
-    with dsl.ParallelFor(prep.outputs["Output"], parallelism=FOLD_PARALLELISM) as fold:
-        trained = train_op(
-            prepared=prep.outputs["prepared"],
-            sweep=sweep.outputs["result"],
-            extra_overrides=train_overrides,
-            fold=fold,
-        )
-        apply(trained.set_display_name("train-fold"))
-    report = oof_report_op(
-        prepared=prep.outputs["prepared"], models=dsl.Collected(trained.outputs["model"])
+    report = trained_folds(
+        prep, {"sweep": sweep.outputs["result"], "extra_overrides": train_overrides}
     )
-    apply(report.set_display_name("oof-report"))
     return report.outputs["report"]

@@ -93,7 +93,9 @@ def sample_root(tmp_path_factory) -> Path:
     """A tiny generated dataset (6 images per class on average, 2 test images per class)."""
     from docsort.sampledata import generate_sample_data
 
-    return generate_sample_data(tmp_path_factory.mktemp("sample") / "data", per_class=6, test_per_class=2, seed=3)
+    return generate_sample_data(
+        tmp_path_factory.mktemp("sample") / "data", per_class=6, test_per_class=2, seed=3
+    )
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +116,11 @@ def trained_member(prepared_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("member") / "m0"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        train(prepared_root, out, [*TINY, "fold=0", "train.epochs=2", "train.batch_size=16", "tracking.wandb=disabled"])
+        train(
+            prepared_root,
+            out,
+            [*TINY, "fold=0", "train.epochs=2", "train.batch_size=16", "tracking.wandb=disabled"],
+        )
     (out / "stdout.log").write_text(buf.getvalue())
     return out
 

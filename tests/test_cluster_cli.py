@@ -3,7 +3,7 @@
 submit/schedule go to the local HTTP stand-in for the KFP API of
 tests/test_kfp_client.py, which records every request; the local sweep runs real
 trial subprocesses with the small metric-printing trainer of tests/test_sweep.py
-in place of `docsort train` (the `command` hook: docsort.sweep.default_command).
+in place of `docsort train` (the `command` hook: docsort.sweep_local.default_command).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kubeflow_katib_api.models import V1beta1Experiment
 
-from docsort import sweep
+from docsort import sweep_local
 from docsort.cli import main
 
 from . import test_kfp_client
@@ -191,7 +191,7 @@ def fake_trainer(tmp_path: Path, monkeypatch):
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAINER)
     monkeypatch.setattr(
-        sweep,
+        sweep_local,
         "default_command",
         lambda prepared, trial_dir, overrides: [
             sys.executable,

@@ -22,13 +22,14 @@ import sys
 from pathlib import Path
 
 import kubernetes_validate
+import pandas as pd
 import pytest
 import yaml
 from kubeflow_katib_api.models import IoK8sApiCoreV1PodTemplateSpec, V1beta1Experiment
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from docsort import katib, sweep
+from docsort import katib, search_space, sweep
 from docsort.errors import ConfigError, DocsortError
 from docsort.katib import SweepTimeout, build_experiment, run_experiment
 from docsort.sweep import METRICS_FORMAT, SweepFailed
@@ -144,7 +145,9 @@ def webhook_errors(exp: dict) -> list[str]:
 def assignment(space_name: str) -> dict[str, str]:
     """A Katib-style parameter assignment (strings) for every parameter of a space."""
     sp = sweep.load_space(space_name)
-    return {k: sweep.format_value(v) for k, v in sweep.representative_point(sp).items()}
+    return {
+        k: search_space.format_value(v) for k, v in search_space.representative_point(sp).items()
+    }
 
 
 def substitute(exp: dict, values: dict[str, str], trial: str = "exp-abcd1234") -> dict:
@@ -734,7 +737,7 @@ def test_katib_backend_writes_the_same_outputs_as_the_local_one(tmp_path: Path):
     )
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["backend"] == "katib" and best["params"] == result.params
-    table = sweep.pd.read_csv(tmp_path / "trials.csv")
+    table = pd.read_csv(tmp_path / "trials.csv")
     assert list(table.columns) == list(result.trials.columns)
     assert {"number", "name", "value", "state", "reason", "val_loss"} <= set(table.columns)
 

@@ -11,7 +11,11 @@ import yaml
 
 from docsort.pipeline_runner import compile_pipeline, run_local
 
-PIPELINES = sorted(p for p in (Path(__file__).resolve().parents[1] / "pipelines").glob("*.py") if p.name != "__init__.py")
+PIPELINES = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[1] / "pipelines").glob("*.py")
+    if p.name != "__init__.py"
+)
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
@@ -33,12 +37,17 @@ def test_demo_pipeline_runs_locally_end_to_end(tmp_path):
     tiny = "data.image_size=40 data.num_folds=2"
     params = {
         "per_class": 6,
-        "members": [f"experiment=demo {tiny} fold=0 train.epochs=1", f"experiment=demo {tiny} fold=1 train.epochs=1 seed=7"],
+        "members": [
+            f"experiment=demo {tiny} fold=0 train.epochs=1",
+            f"experiment=demo {tiny} fold=1 train.epochs=1 seed=7",
+        ],
         "prepare_overrides": f"experiment=demo {tiny}",
         "predict_overrides": f"experiment=demo {tiny}",
     }
     real_print = builtins.print
-    output = run_local(Path(__file__).resolve().parents[1] / "pipelines" / "demo.py", tmp_path, params)
+    output = run_local(
+        Path(__file__).resolve().parents[1] / "pipelines" / "demo.py", tmp_path, params
+    )
     # kfp.local's per-task print wrapper must not outlive the run (it broke later prints)
     assert builtins.print is real_print
     sub_csv = next(Path(output.path).glob("submissions/*.csv"))

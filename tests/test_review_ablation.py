@@ -119,3 +119,13 @@ def test_on_a_trained_member(trained_member, tmp_path, capsys):
     info = json.loads((out / "recommended.json").read_text())
     assert info["merge"] == "geomean" and info["views"] == table.iloc[0]["views"].split("+")
     assert info["override"] in capsys.readouterr().out
+
+
+def test_cli_merge_choices_are_the_ones_the_stages_accept(capsys):
+    """The CLI keeps its own list (it must not import the heavy ensemble module to build --help)."""
+    from docsort import cli_review, ensemble
+
+    assert cli_review.MERGES == ensemble.MERGES
+    with pytest.raises(SystemExit):
+        main(["tta-ablation", "x", "--merge", "median"])
+    assert "invalid choice: 'median'" in capsys.readouterr().err

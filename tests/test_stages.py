@@ -111,9 +111,15 @@ def test_prepare_refuses_bad_input_in_one_line(how, sample_root, tmp_path, capsy
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("model.name=resnet_nonexistent", "model.name='resnet_nonexistent' is not valid; choose from"),
+        (
+            "model.name=resnet_nonexistent",
+            "model.name='resnet_nonexistent' is not valid; choose from",
+        ),
         ("train.epochs=-1", "train.epochs=-1 must be >= 1"),
-        ("tta.views=[identity,rot45]", "tta.views='rot45' is not valid; choose from: identity, rot90"),
+        (
+            "tta.views=[identity,rot45]",
+            "tta.views='rot45' is not valid; choose from: identity, rot90",
+        ),
     ],
 )
 def test_invalid_config_fails_before_any_work(override, message, prepared_root, tmp_path, capsys):
@@ -132,7 +138,15 @@ def test_train_prints_katib_metric_lines_and_writes_member(trained_member, prepa
     metric_lines = [line for line in log if re.fullmatch(r"[a-z_0-9]+=[-+0-9.eE]+", line)]
     assert [m.split("=")[0] for m in metric_lines] == ["epoch", "val_macro_f1", "val_loss"] * 2, log
     assert [int(m.split("=")[1]) for m in metric_lines[::3]] == [1, 2]
-    for name in ("model.safetensors", "model.yaml", "oof.csv", "oof_views.npz", "metrics.json", "checkpoints/last.ckpt", "config.yaml"):
+    for name in (
+        "model.safetensors",
+        "model.yaml",
+        "oof.csv",
+        "oof_views.npz",
+        "metrics.json",
+        "checkpoints/last.ckpt",
+        "config.yaml",
+    ):
         assert (trained_member / name).is_file(), name
     ids, probs, df = read_probs(trained_member / "oof.csv")
     idx = Prepared(prepared_root).index
@@ -158,7 +172,16 @@ def test_safetensors_member_reloads_to_identical_predictions(trained_member, pre
 
 
 def test_predict_ensemble_hardcases_submission(trained_member, prepared_root, tmp_path, capsys):
-    code, out, err = run_cli(capsys, "predict", str(prepared_root), "--model", str(trained_member), "--out", str(tmp_path / "pred"), *TINY)
+    code, out, err = run_cli(
+        capsys,
+        "predict",
+        str(prepared_root),
+        "--model",
+        str(trained_member),
+        "--out",
+        str(tmp_path / "pred"),
+        *TINY,
+    )
     assert code == 0, err
     ids, probs, _ = read_probs(tmp_path / "pred" / "probs.csv")
     assert ids == Prepared(prepared_root).test_ids
@@ -166,20 +189,57 @@ def test_predict_ensemble_hardcases_submission(trained_member, prepared_root, tm
     assert set(np.load(tmp_path / "pred" / "views.npz").files) >= {"identity", "flip_rot270"}
 
     shutil.copytree(tmp_path / "pred", tmp_path / "pred2")
-    code, _, err = run_cli(capsys, "ensemble", str(tmp_path / "pred"), str(tmp_path / "pred2"), "--out", str(tmp_path / "soft"))
+    code, _, err = run_cli(
+        capsys,
+        "ensemble",
+        str(tmp_path / "pred"),
+        str(tmp_path / "pred2"),
+        "--out",
+        str(tmp_path / "soft"),
+    )
     assert code == 0, err
     _, soft, _ = read_probs(tmp_path / "soft" / "probs.csv")
-    np.testing.assert_allclose(soft, probs, atol=1e-6)  # soft vote of two equal members is that member
-    code, _, err = run_cli(capsys, "ensemble", str(tmp_path / "pred"), "--method", "hard", "--out", str(tmp_path / "hard"))
+    np.testing.assert_allclose(
+        soft, probs, atol=1e-6
+    )  # soft vote of two equal members is that member
+    code, _, err = run_cli(
+        capsys,
+        "ensemble",
+        str(tmp_path / "pred"),
+        "--method",
+        "hard",
+        "--out",
+        str(tmp_path / "hard"),
+    )
     assert code == 0, err
 
-    code, out, err = run_cli(capsys, "hardcases", "compare", str(tmp_path / "soft"), str(tmp_path / "hard"), "--prepared", str(prepared_root), "--out", str(tmp_path / "cmp"))
+    code, out, err = run_cli(
+        capsys,
+        "hardcases",
+        "compare",
+        str(tmp_path / "soft"),
+        str(tmp_path / "hard"),
+        "--prepared",
+        str(prepared_root),
+        "--out",
+        str(tmp_path / "cmp"),
+    )
     assert code == 0, err
     assert "soft" in out and "hard" in out
     per_cand = pd.read_csv(tmp_path / "cmp" / "per_candidate.csv")
     assert len(per_cand) == 2
 
-    code, out, err = run_cli(capsys, "submission", str(prepared_root), "--probs", str(tmp_path / "soft" / "probs.csv"), "--out", str(tmp_path / "subs"), "--candidate", "soft")
+    code, out, err = run_cli(
+        capsys,
+        "submission",
+        str(prepared_root),
+        "--probs",
+        str(tmp_path / "soft" / "probs.csv"),
+        "--out",
+        str(tmp_path / "subs"),
+        "--candidate",
+        "soft",
+    )
     assert code == 0, err
     sub_path = Path(out.strip().split()[-1])
     sub = pd.read_csv(sub_path, dtype={"ID": str})
@@ -194,6 +254,14 @@ def test_submission_refuses_probabilities_missing_an_id(prepared_root, tmp_path,
 
     ids = Prepared(prepared_root).test_ids[1:]
     write_probs(tmp_path / "p.csv", ids, np.full((len(ids), 17), 1 / 17))
-    code, _, err = run_cli(capsys, "submission", str(prepared_root), "--probs", str(tmp_path / "p.csv"), "--out", str(tmp_path / "subs"))
+    code, _, err = run_cli(
+        capsys,
+        "submission",
+        str(prepared_root),
+        "--probs",
+        str(tmp_path / "p.csv"),
+        "--out",
+        str(tmp_path / "subs"),
+    )
     assert code == 2 and "1 IDs missing" in err
     assert not (tmp_path / "subs").exists()

@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from docsort import sweep
+from docsort import sweep, sweep_local
 from docsort.errors import ConfigError
 from docsort.sweep import SweepFailed, load_space, run_local_sweep
 
@@ -194,9 +194,9 @@ def test_each_katib_algorithm_maps_to_its_optuna_sampler(algorithm, settings, sa
     sp = load_space(
         space_dict(algorithm={"name": algorithm, "settings": settings}, parameters=params)
     )
-    assert isinstance(sweep._sampler(sp), sampler)
+    assert isinstance(sweep_local._sampler(sp), sampler)
     if algorithm == "grid":
-        assert sweep.grid_values(sp) == {
+        assert sweep_local.grid_values(sp) == {
             "train.lr": [0.001, 0.004, 0.007, 0.01],
             "model": ["a", "b"],
         }
@@ -213,7 +213,7 @@ def test_hyperband_uses_optunas_hyperband_pruner_with_the_resource_as_budget():
                         {"name": "train.epochs", "type": "int", "min": 1, "max": 9}],
         )
     )  # fmt: skip
-    assert isinstance(sweep._pruner(sp), optuna.pruners.HyperbandPruner)
+    assert isinstance(sweep_local._pruner(sp), optuna.pruners.HyperbandPruner)
     with pytest.raises(ConfigError, match="parallel_trial_count >= 9"):
         load_space(
             space_dict(algorithm=sp_algorithm(sp), early_stopping=None, parameters=space_params(sp))
@@ -241,7 +241,7 @@ def test_median_pruner_judges_once_at_start_step_like_katib_medianstop():
             }
         )
     )
-    study = optuna.create_study(direction="maximize", pruner=sweep._pruner(sp))
+    study = optuna.create_study(direction="maximize", pruner=sweep_local._pruner(sp))
     for _ in range(2):
         study.add_trial(
             optuna.trial.create_trial(

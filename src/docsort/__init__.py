@@ -1,2 +1,3 @@
 """docsort: document-image classification pipelines."""
+
 __version__ = "0.1.0"

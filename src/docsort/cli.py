@@ -16,19 +16,31 @@ from pathlib import Path
 from docsort.errors import DocsortError
 
 # Modules that add subcommands: each has ``register(sub, add)`` and sets ``func`` on its parsers.
-EXTENSIONS: tuple[str, ...] = ("docsort.cli_review", "docsort.cli_export", "docsort.cli_cluster", "docsort.cli_train")
+EXTENSIONS: tuple[str, ...] = (
+    "docsort.cli_review",
+    "docsort.cli_export",
+    "docsort.cli_cluster",
+    "docsort.cli_train",
+)
 
 
 def _add(sub, name: str, help: str, *, overrides: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
     if overrides:
-        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=resnet18 train.epochs=3")
+        p.add_argument(
+            "overrides", nargs="*", help="Hydra overrides, e.g. model=resnet18 train.epochs=3"
+        )
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="docsort", description="Document-image classification pipelines: local (kfp.local) or on Kubeflow.")
-    ap.add_argument("--version", action="version", version=f"docsort {__import__('docsort').__version__}")
+    ap = argparse.ArgumentParser(
+        prog="docsort",
+        description="Document-image classification pipelines: local (kfp.local) or on Kubeflow.",
+    )
+    ap.add_argument(
+        "--version", action="version", version=f"docsort {__import__('docsort').__version__}"
+    )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _add(sub, "sample-data", "Generate the synthetic 17-class sample dataset.")
@@ -37,21 +49,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-per-class", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
 
-    p = _add(sub, "prepare", "Validate a dataset, make stratified folds, cache resized images.", overrides=True)
+    p = _add(
+        sub,
+        "prepare",
+        "Validate a dataset, make stratified folds, cache resized images.",
+        overrides=True,
+    )
     p.add_argument("data", help="dataset root: a folder or s3://bucket/prefix")
     p.add_argument("--out", required=True)
 
-    p = _add(sub, "train", "Train a timm model on one fold (fold=K), all folds (fold=all) or all data (fold=none).", overrides=True)
+    p = _add(
+        sub,
+        "train",
+        "Train a timm model on one fold (fold=K), all folds (fold=all) or all data (fold=none).",
+        overrides=True,
+    )
     p.add_argument("prepared")
     p.add_argument("--out", required=True)
 
-    p = _add(sub, "predict", "Class probabilities of one trained model with batched 8-view TTA.", overrides=True)
+    p = _add(
+        sub,
+        "predict",
+        "Class probabilities of one trained model with batched 8-view TTA.",
+        overrides=True,
+    )
     p.add_argument("prepared")
     p.add_argument("--model", required=True, help="a model folder written by `docsort train`")
     p.add_argument("--out", required=True)
     p.add_argument("--split", choices=("test", "train"), default="test")
 
-    p = _add(sub, "submission", "Write a validated, versioned submission CSV (+ lineage) from probabilities.")
+    p = _add(
+        sub,
+        "submission",
+        "Write a validated, versioned submission CSV (+ lineage) from probabilities.",
+    )
     p.add_argument("prepared")
     p.add_argument("--probs", required=True, help="probs.csv of the chosen candidate")
     p.add_argument("--out", required=True, help="output root: folder or s3:// prefix")
@@ -59,17 +90,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "run", "Run a pipeline file end to end (locally with kfp.local).")
     p.add_argument("pipeline")
-    p.add_argument("--local", action="store_true", help="run with kfp.local on this machine (the only mode of `run`)")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="run with kfp.local on this machine (the only mode of `run`)",
+    )
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--out", default="runs", help="where artifacts go (default: ./runs)")
-    p.add_argument("--no-cache", action="store_true", help="run every task again instead of reusing outputs of identical tasks under --out")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run every task again instead of reusing outputs of identical tasks under --out",
+    )
 
     p = _add(sub, "compile", "Compile a pipeline file to KFP YAML.")
     p.add_argument("pipeline")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
 
-    p = _add(sub, "demo", "Sample data -> the demo pipeline locally -> submission, hard-case table, macro F1.")
+    p = _add(
+        sub,
+        "demo",
+        "Sample data -> the demo pipeline locally -> submission, hard-case table, macro F1.",
+    )
     p.add_argument("--out", default="demo-out")
     p.add_argument("--per-class", type=int, default=40)
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
@@ -85,7 +128,9 @@ def _run(args: argparse.Namespace) -> int:
     if cmd == "sample-data":
         from docsort.sampledata import generate_sample_data
 
-        out = generate_sample_data(args.out, per_class=args.per_class, test_per_class=args.test_per_class, seed=args.seed)
+        out = generate_sample_data(
+            args.out, per_class=args.per_class, test_per_class=args.test_per_class, seed=args.seed
+        )
         print(f"sample data written to {out}")
     elif cmd == "prepare":
         from docsort.prepare import prepare
@@ -99,16 +144,22 @@ def _run(args: argparse.Namespace) -> int:
     elif cmd == "predict":
         from docsort.predict import predict
 
-        print(f"predictions written to {predict(args.prepared, args.model, args.out, args.overrides, split=args.split)}")
+        print(
+            f"predictions written to {predict(args.prepared, args.model, args.out, args.overrides, split=args.split)}"
+        )
     elif cmd == "submission":
         from docsort.submit import submit
 
-        print(f"submission written to {submit(args.prepared, args.probs, args.out, candidate=args.candidate)}")
+        print(
+            f"submission written to {submit(args.prepared, args.probs, args.out, candidate=args.candidate)}"
+        )
     elif cmd == "run":
         from docsort.pipeline_runner import load_pipeline, parse_params, run_local
 
         if not args.local:
-            raise DocsortError("`docsort run` runs locally; pass --local (use `docsort submit` for a cluster)")
+            raise DocsortError(
+                "`docsort run` runs locally; pass --local (use `docsort submit` for a cluster)"
+            )
         params = parse_params(args.param, load_pipeline(args.pipeline))
         output = run_local(args.pipeline, args.out, params, cache=not args.no_cache)
         print(f"\nrun finished; artifacts under {Path(args.out).resolve()}")

@@ -11,6 +11,13 @@ import json
 import sys
 from pathlib import Path
 
+#: How probabilities are merged, across TTA views or across members (docsort.tta.merge).
+MERGES = ("mean", "geomean", "logits")
+
+
+def _merge_option(p: argparse.ArgumentParser, flag: str, what: str) -> None:
+    p.add_argument(flag, choices=MERGES, default="mean", help=f"{what} (default: mean)")
+
 
 def register(sub, add) -> None:
     p = add(
@@ -24,11 +31,10 @@ def register(sub, add) -> None:
         metavar="MODEL_DIR",
         help="model folders or fold bundles written by `docsort train` (with oof_views.npz)",
     )
-    p.add_argument(
+    _merge_option(
+        p,
         "--merge",
-        choices=("mean", "geomean", "logits"),
-        default="mean",
-        help="how views are merged (default: mean of probabilities)",
+        "how views are merged: mean of probabilities, geometric mean or mean of logits",
     )
     p.add_argument(
         "--subsets",
@@ -64,12 +70,7 @@ def register(sub, add) -> None:
         default=None,
         help="TTA views for members predicted here: comma list, or a `docsort tta-ablation` folder",
     )
-    p.add_argument(
-        "--tta-merge",
-        choices=("mean", "geomean", "logits"),
-        default="mean",
-        help="how a member's views are merged",
-    )
+    _merge_option(p, "--tta-merge", "how a member's views are merged")
     p.add_argument("--method", choices=("soft", "weighted", "hard", "stacked"), default="soft")
     p.add_argument("--name", default=None, help="candidate name (default: the method)")
     p.add_argument(
@@ -78,12 +79,7 @@ def register(sub, add) -> None:
         default="macro_f1",
         help="what the weight search optimizes",
     )
-    p.add_argument(
-        "--merge",
-        choices=("mean", "geomean", "logits"),
-        default="mean",
-        help="how members are merged for soft/weighted",
-    )
+    _merge_option(p, "--merge", "how members are merged for soft/weighted")
     p.add_argument(
         "--calibrate",
         action="store_true",

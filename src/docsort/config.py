@@ -55,7 +55,9 @@ def group_options(group: str) -> list[str]:
     folder = resources.files("docsort.conf").joinpath(group)
     if not folder.is_dir():
         return []
-    return sorted(f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml"))
+    return sorted(
+        f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml")
+    )
 
 
 def _close_first(value: str, options: Sequence[str], n: int = 8) -> list[str]:
@@ -77,10 +79,14 @@ def _model_error(name: str) -> ConfigError:
     import timm
 
     presets = group_options("model")
-    close = difflib.get_close_matches(name, sorted(set(timm.list_models()) | set(presets)), n=8, cutoff=0.6)
+    close = difflib.get_close_matches(
+        name, sorted(set(timm.list_models()) | set(presets)), n=8, cutoff=0.6
+    )
     if close:
         hint = f"presets: model={'|'.join(presets)}; any name of timm.list_models() works"
-        return ConfigError(f"model.name={name!r} is not valid; choose from: {', '.join(close)} ({hint})")
+        return ConfigError(
+            f"model.name={name!r} is not valid; choose from: {', '.join(close)} ({hint})"
+        )
     return ConfigError(
         f"model.name={name!r} is not valid; choose from the presets {', '.join(presets)} (model=NAME) "
         "or any name of timm.list_models()"
@@ -89,11 +95,15 @@ def _model_error(name: str) -> ConfigError:
 
 def _number(key: str, value: object, kind: type = int) -> int | float:
     try:
-        if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+        if isinstance(value, bool) or (
+            kind is int and isinstance(value, float) and not value.is_integer()
+        ):
             raise ValueError
         return kind(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}") from None
+        raise ConfigError(
+            f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}"
+        ) from None
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -133,7 +143,9 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise _choices("device", cfg.device, ("auto", "cpu", "cuda"))
     if isinstance(cfg.tta.views, str):
-        raise ConfigError(f"tta.views={cfg.tta.views!r} must be a list, e.g. tta.views=[{cfg.tta.views}]; views: {', '.join(VIEW_NAMES)}")
+        raise ConfigError(
+            f"tta.views={cfg.tta.views!r} must be a list, e.g. tta.views=[{cfg.tta.views}]; views: {', '.join(VIEW_NAMES)}"
+        )
     bad = [v for v in cfg.tta.views if v not in VIEW_NAMES]
     if bad or not cfg.tta.views:
         raise _choices("tta.views", bad[0] if bad else [], VIEW_NAMES)
@@ -147,7 +159,9 @@ def validate_config(cfg: DictConfig) -> None:
     if not (str(fold) in ("all", "none") or (isinstance(fold, int) and 0 <= fold < d.num_folds)):
         raise _choices("fold", fold, [*range(int(d.num_folds)), "all", "none"])
     if cfg.tracking.wandb not in ("auto", "offline", "online", "disabled"):
-        raise _choices("tracking.wandb", cfg.tracking.wandb, ("auto", "offline", "online", "disabled"))
+        raise _choices(
+            "tracking.wandb", cfg.tracking.wandb, ("auto", "offline", "online", "disabled")
+        )
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -39,6 +39,8 @@ def run_demo(out: str, *, per_class: int = 40, params: Sequence[str] = ()) -> di
     print("Hard-case comparison\n")
     print(comparison.read_text())
     print(f"\nsubmission:  {sub_csv}")
-    print(f"macro F1 on the sample test labels: {f1:.4f}  ({len(sub)} test images, chance ~ {1 / 17:.3f})")
+    print(
+        f"macro F1 on the sample test labels: {f1:.4f}  ({len(sub)} test images, chance ~ {1 / 17:.3f})"
+    )
     print(f"wall time: {wall:.0f} s; artifacts under {run_dir}")
     return {"macro_f1": f1, "submission": str(sub_csv), "wall_s": wall}

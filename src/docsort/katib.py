@@ -43,16 +43,18 @@ from kubeflow_katib_api.models import (
 
 from docsort import images
 from docsort.errors import ConfigError, DocsortError
-from docsort.sweep import (
+from docsort.search_space import (
     METRICS_FORMAT,
-    FailedTrial,
     SearchSpace,
-    SweepFailed,
-    SweepResult,
-    describe_failures,
     format_value,
     load_space,
     trial_overrides,
+)
+from docsort.sweep_results import (
+    FailedTrial,
+    SweepFailed,
+    SweepResult,
+    describe_failures,
     trials_frame,
 )
 

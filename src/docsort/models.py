@@ -42,26 +42,40 @@ def create_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
         # the architecture must stay model.name, since load_member rebuilds that name
         hub = str(m.name) if src is True or str(src).lower() == "true" else str(src)
         if hub.split(".")[0] != str(m.name):
-            raise ConfigError(f"model.pretrained={src} is not a tag of model.name={m.name}; use {m.name}.<tag>, true, or a .safetensors file")
-        return timm.create_model(hub, pretrained=True, **kwargs)  # downloads (HF hub); in_chans is adapted by timm
+            raise ConfigError(
+                f"model.pretrained={src} is not a tag of model.name={m.name}; use {m.name}.<tag>, true, or a .safetensors file"
+            )
+        return timm.create_model(
+            hub, pretrained=True, **kwargs
+        )  # downloads (HF hub); in_chans is adapted by timm
     model = timm.create_model(m.name, pretrained=False, **kwargs)
     if src:
         load_pretrained(model, str(src))
     return model
 
 
-def load_safetensors(path: str | os.PathLike, *, name: str | None = None) -> dict[str, torch.Tensor]:
+def load_safetensors(
+    path: str | os.PathLike, *, name: str | None = None
+) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file; anything else (a pickle renamed, a torn file) is refused in one line."""
     from safetensors import SafetensorError
 
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise DocsortError(f"not a valid safetensors file ({err}); pickled checkpoints are never loaded", file=name or str(path)) from None
+        raise DocsortError(
+            f"not a valid safetensors file ({err}); pickled checkpoints are never loaded",
+            file=name or str(path),
+        ) from None
 
 
 def _is_weights_file(src: str) -> bool:
-    return storage.is_s3(src) or src.endswith(".safetensors") or os.path.sep in src or Path(src).exists()
+    return (
+        storage.is_s3(src)
+        or src.endswith(".safetensors")
+        or os.path.sep in src
+        or Path(src).exists()
+    )
 
 
 def load_pretrained(model: torch.nn.Module, src: str) -> list[str]:
@@ -74,7 +88,9 @@ def load_pretrained(model: torch.nn.Module, src: str) -> list[str]:
         if not path.is_file():
             raise DocsortError("pretrained weights not found", file=src)
         if path.suffix != ".safetensors":
-            raise DocsortError("pretrained weights must be a .safetensors file (pickles are not loaded)", file=src)
+            raise DocsortError(
+                "pretrained weights must be a .safetensors file (pickles are not loaded)", file=src
+            )
         state = load_safetensors(path, name=src)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -82,7 +98,12 @@ def load_pretrained(model: torch.nn.Module, src: str) -> list[str]:
         raise DocsortError(f"no tensor in the file matches {type(model).__name__}", file=src)
     in_key = next(iter(own))
     theirs = state.get(in_key)
-    if theirs is not None and theirs.dim() == 4 and theirs.shape != own[in_key].shape and theirs.shape[0] == own[in_key].shape[0]:
+    if (
+        theirs is not None
+        and theirs.dim() == 4
+        and theirs.shape != own[in_key].shape
+        and theirs.shape[0] == own[in_key].shape[0]
+    ):
         # stem with another channel count (RGB weights -> grayscale model): adapted as timm does
         from timm.models import adapt_input_conv
 
@@ -101,7 +122,9 @@ class Member:
     path: Path
 
 
-def save_member(folder: Path, model: torch.nn.Module, cfg: DictConfig, class_names: list[str], **info) -> Path:
+def save_member(
+    folder: Path, model: torch.nn.Module, cfg: DictConfig, class_names: list[str], **info
+) -> Path:
     """Write ``model.safetensors`` + ``model.yaml`` into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -117,12 +140,19 @@ def load_member(folder: str | os.PathLike) -> Member:
     """Rebuild a member from its folder (safetensors only)."""
     folder = Path(folder)
     if not (folder / "model.safetensors").is_file() or not (folder / "model.yaml").is_file():
-        raise DocsortError("not a model folder (needs model.safetensors and model.yaml)", file=str(folder))
+        raise DocsortError(
+            "not a model folder (needs model.safetensors and model.yaml)", file=str(folder)
+        )
     try:
-        doc = OmegaConf.load(folder / "model.yaml")  # OmegaConf's loader is a yaml.SafeLoader: no python tags
+        doc = OmegaConf.load(
+            folder / "model.yaml"
+        )  # OmegaConf's loader is a yaml.SafeLoader: no python tags
         cfg = doc.config
     except Exception as err:  # noqa: BLE001 - any YAML/structure problem of an untrusted file is bad input
-        raise DocsortError(f"unreadable model.yaml ({type(err).__name__}: {(str(err).splitlines() or [''])[0]})", file=str(folder)) from None
+        raise DocsortError(
+            f"unreadable model.yaml ({type(err).__name__}: {(str(err).splitlines() or [''])[0]})",
+            file=str(folder),
+        ) from None
     cfg.model.pretrained = None
     model = create_model(cfg, len(doc.class_names))
     model.load_state_dict(load_safetensors(folder / "model.safetensors"))

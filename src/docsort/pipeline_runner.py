@@ -45,17 +45,28 @@ def load_pipeline(path: str | os.PathLike):
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # the user's file: report where it broke, in one line
-        raise DocsortError(f"cannot load pipeline: {type(err).__name__}: {err}", file=str(path)) from err
-    found = [v for v in vars(module).values() if isinstance(v, GraphComponent) and getattr(v.pipeline_func, "__module__", "") == name]
+        raise DocsortError(
+            f"cannot load pipeline: {type(err).__name__}: {err}", file=str(path)
+        ) from err
+    found = [
+        v
+        for v in vars(module).values()
+        if isinstance(v, GraphComponent) and getattr(v.pipeline_func, "__module__", "") == name
+    ]
     if len(found) != 1:
-        raise DocsortError(f"expected one @dsl.pipeline function, found {len(found)}", file=str(path))
+        raise DocsortError(
+            f"expected one @dsl.pipeline function, found {len(found)}", file=str(path)
+        )
     return found[0]
 
 
 def pipeline_inputs(pipeline) -> dict[str, Any]:
     """Declared inputs of a pipeline function with their defaults."""
     sig = inspect.signature(pipeline.pipeline_func)
-    return {k: (None if p.default is inspect.Parameter.empty else p.default) for k, p in sig.parameters.items()}
+    return {
+        k: (None if p.default is inspect.Parameter.empty else p.default)
+        for k, p in sig.parameters.items()
+    }
 
 
 def parse_params(pairs: Sequence[str], pipeline=None) -> dict[str, Any]:
@@ -67,7 +78,9 @@ def parse_params(pairs: Sequence[str], pipeline=None) -> dict[str, Any]:
         if not sep or not key:
             raise DocsortError(f"--param {pair!r} must look like name=value")
         if known is not None and key not in known:
-            raise DocsortError(f"--param {key}: the pipeline has no such input; inputs: {', '.join(known)}")
+            raise DocsortError(
+                f"--param {key}: the pipeline has no such input; inputs: {', '.join(known)}"
+            )
         default = known.get(key) if known else None
         if isinstance(default, str):
             out[key] = value
@@ -79,7 +92,9 @@ def parse_params(pairs: Sequence[str], pipeline=None) -> dict[str, Any]:
     return out
 
 
-def compile_pipeline(path: str | os.PathLike, out_yaml: str | os.PathLike, params: Mapping[str, Any] | None = None) -> Path:
+def compile_pipeline(
+    path: str | os.PathLike, out_yaml: str | os.PathLike, params: Mapping[str, Any] | None = None
+) -> Path:
     """Compile ``path`` to KFP pipeline YAML at ``out_yaml`` (written atomically)."""
     from kfp import compiler
 
@@ -101,7 +116,12 @@ def _drop_retries(pipeline) -> None:
 
 
 def run_local(
-    path: str | os.PathLike, out: str | os.PathLike, params: Mapping[str, Any] | None = None, *, cache: bool = False, retries: bool = False
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    params: Mapping[str, Any] | None = None,
+    *,
+    cache: bool = False,
+    retries: bool = False,
 ):
     """Run the pipeline in ``path`` with kfp.local; artifacts land under ``out``.
 

@@ -122,9 +122,17 @@ def build_cache(folder: Path, ids: Sequence[str], out: Path, cfg: DictConfig, *,
         row, i = item
         p = image_path(folder, i, file=desc, row=row)
         try:
-            img = decode_image(p.read_bytes(), channels=ch, max_pixels=max_pixels, name=f"{folder.name}/{i}", draft=size * 2)
+            img = decode_image(
+                p.read_bytes(),
+                channels=ch,
+                max_pixels=max_pixels,
+                name=f"{folder.name}/{i}",
+                draft=size * 2,
+            )
         except ImageError as err:
-            raise DocsortError(f"image {folder.name}/{i}: {err.problem}", file=desc, row=row) from None
+            raise DocsortError(
+                f"image {folder.name}/{i}: {err.problem}", file=desc, row=row
+            ) from None
         return row - 1, fit_square(img, size, cfg.data.resize)
 
     with atomic_path(out) as tmp:
@@ -133,7 +141,14 @@ def build_cache(folder: Path, ids: Sequence[str], out: Path, cfg: DictConfig, *,
         pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
         try:
             items = list(enumerate(ids, start=1))
-            for n, img in tqdm(pool.map(load, items, chunksize=16), total=len(items), desc=f"cache {desc}", unit="img", leave=False, disable=None):
+            for n, img in tqdm(
+                pool.map(load, items, chunksize=16),
+                total=len(items),
+                desc=f"cache {desc}",
+                unit="img",
+                leave=False,
+                disable=None,
+            ):
                 arr[n] = img
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # a bad image stops the rest at once
@@ -151,7 +166,11 @@ def cache_is_complete(path: Path, n: int, cfg: DictConfig) -> bool:
         arr = np.load(path, mmap_mode="r")
     except (OSError, ValueError, EOFError):
         return False
-    return arr.shape == shape and arr.dtype == np.uint8 and path.stat().st_size == arr.offset + arr.nbytes
+    return (
+        arr.shape == shape
+        and arr.dtype == np.uint8
+        and path.stat().st_size == arr.offset + arr.nbytes
+    )
 
 
 def _reserve(path: Path) -> None:
@@ -185,7 +204,11 @@ def _eda_plot(path: Path, meta: Meta, counts: np.ndarray, sizes: np.ndarray) -> 
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [2, 1]})
     a.barh(range(meta.num_classes), counts, color="#4878a8")
-    a.set_yticks(range(meta.num_classes), [f"{k} {n[:28]}" for k, n in enumerate(meta.class_names)], fontsize=8)
+    a.set_yticks(
+        range(meta.num_classes),
+        [f"{k} {n[:28]}" for k, n in enumerate(meta.class_names)],
+        fontsize=8,
+    )
     a.invert_yaxis()
     a.set_xlabel("training images")
     a.set_title("Class balance")
@@ -211,11 +234,22 @@ def prepare(data: str, out: str | os.PathLike, overrides: Sequence[str] = ()) ->
     targets = list(train.targets)
     ids = list(train.ids)
     if hard is not None and (cfg.data.exclude_label_errors or cfg.data.correct_label_errors):
-        ids, targets = apply_label_errors(ids, targets, hard, correct=bool(cfg.data.correct_label_errors))
+        ids, targets = apply_label_errors(
+            ids, targets, hard, correct=bool(cfg.data.correct_label_errors)
+        )
     group_col = cfg.data.group_column
-    group_of = dict(zip(train.ids, train.frame[group_col].str.strip(), strict=True)) if group_col else None
+    group_of = (
+        dict(zip(train.ids, train.frame[group_col].str.strip(), strict=True)) if group_col else None
+    )
     groups = [group_of[i] for i in ids] if group_of else None
-    folds = make_folds(targets, int(cfg.data.num_folds), int(cfg.seed), groups, file=where("train.csv"), class_names=meta.class_names)
+    folds = make_folds(
+        targets,
+        int(cfg.data.num_folds),
+        int(cfg.seed),
+        groups,
+        file=where("train.csv"),
+        class_names=meta.class_names,
+    )
 
     train_fp = fingerprint(root / "train", ids, desc=where("train.csv"))
     test_fp = fingerprint(test_dir, test_ids, desc=where("sample_submission.csv"))
@@ -237,8 +271,12 @@ def prepare(data: str, out: str | os.PathLike, overrides: Sequence[str] = ()) ->
                 build_cache(folder, split_ids, cache_dir / name, cfg, desc=where(desc))
             caches[split] = name
         extra = {}
-        if augcopies.wanted(cfg):  # Augraphy offline: degraded copies of the training images, cached by key
-            caches["augraphy"], extra["augraphy"] = augcopies.ensure(out / "cache", cache_dir, caches["train"], cfg)
+        if augcopies.wanted(
+            cfg
+        ):  # Augraphy offline: degraded copies of the training images, cached by key
+            caches["augraphy"], extra["augraphy"] = augcopies.ensure(
+                out / "cache", cache_dir, caches["train"], cfg
+            )
         _write_tables(tmp, root, ids, targets, folds, test_ids, meta, hard, cfg)
         info = {
             "class_names": list(meta.class_names),
@@ -257,7 +295,9 @@ def prepare(data: str, out: str | os.PathLike, overrides: Sequence[str] = ()) ->
     return out
 
 
-def validate_root(root: Path, data: str, cfg: DictConfig) -> tuple[Meta, Labelled, list[str], pd.DataFrame | None, Callable[[str], str]]:
+def validate_root(
+    root: Path, data: str, cfg: DictConfig
+) -> tuple[Meta, Labelled, list[str], pd.DataFrame | None, Callable[[str], str]]:
     """Check every table of a dataset root and its test/ folder before any work.
 
     Returns meta, train rows, test IDs, hard cases (or None) and the function
@@ -270,27 +310,47 @@ def validate_root(root: Path, data: str, cfg: DictConfig) -> tuple[Meta, Labelle
 
     meta = read_meta(root / "meta.csv", name=name("meta.csv"))
     group_col = cfg.data.group_column
-    train = read_labelled(root / "train.csv", meta, optional=(group_col,) if group_col else (), name=name("train.csv"))
+    train = read_labelled(
+        root / "train.csv", meta, optional=(group_col,) if group_col else (), name=name("train.csv")
+    )
     if not train.ids:
         raise DocsortError("no training rows", file=name("train.csv"))
     if group_col:
         if group_col not in train.frame.columns:
-            raise DocsortError(f"data.group_column={group_col} is not a column", file=name("train.csv"))
+            raise DocsortError(
+                f"data.group_column={group_col} is not a column", file=name("train.csv")
+            )
         for row, g in zip(train.frame.index + 1, train.frame[group_col], strict=True):
             if not str(g).strip():
                 raise DocsortError(f"empty {group_col}", file=name("train.csv"), row=int(row))
-    sub = read_csv(root / "sample_submission.csv", ("ID", "target"), name=name("sample_submission.csv"))
+    sub = read_csv(
+        root / "sample_submission.csv", ("ID", "target"), name=name("sample_submission.csv")
+    )
     test_ids = parse_ids(sub, file=name("sample_submission.csv"))
     test_dir = root / "test"
     if not test_ids:
         raise DocsortError("no test rows", file=name("sample_submission.csv"))
-    on_disk = sorted(p.name for p in test_dir.iterdir() if p.is_file() and not p.name.startswith(".")) if test_dir.is_dir() else []
+    on_disk = (
+        sorted(p.name for p in test_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        if test_dir.is_dir()
+        else []
+    )
     if not on_disk:
-        raise DocsortError("folder is empty or missing; sample_submission.csv lists test images", file=name("test"))
-    missing = [(row, i) for row, i in enumerate(test_ids, start=1) if not image_path(test_dir, i, file=name("sample_submission.csv"), row=row).is_file()]
+        raise DocsortError(
+            "folder is empty or missing; sample_submission.csv lists test images", file=name("test")
+        )
+    missing = [
+        (row, i)
+        for row, i in enumerate(test_ids, start=1)
+        if not image_path(test_dir, i, file=name("sample_submission.csv"), row=row).is_file()
+    ]
     if missing:
         row, first = missing[0]
-        raise DocsortError(f"image {first!r} not found in test/ ({len(missing)} missing)", file=name("sample_submission.csv"), row=row)
+        raise DocsortError(
+            f"image {first!r} not found in test/ ({len(missing)} missing)",
+            file=name("sample_submission.csv"),
+            row=row,
+        )
     listed = set(test_ids)
     unlisted = [u for u in on_disk if u not in listed and u.lower().endswith(IMAGE_SUFFIXES)]
     if unlisted:
@@ -304,7 +364,11 @@ def validate_root(root: Path, data: str, cfg: DictConfig) -> tuple[Meta, Labelle
         known = listed | set(train.ids)
         for row, i in zip(hard.index + 1, hard["ID"], strict=True):
             if i not in known:
-                raise DocsortError(f"ID {i!r} is neither a test image nor in train.csv", file=name("hardcases.csv"), row=int(row))
+                raise DocsortError(
+                    f"ID {i!r} is neither a test image nor in train.csv",
+                    file=name("hardcases.csv"),
+                    row=int(row),
+                )
     return meta, train, test_ids, hard, name
 
 
@@ -316,7 +380,10 @@ def _disk_full_is_one_line(out: Path) -> Iterator[None]:
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             raise
-        raise DocsortError(f"out of disk space ({err.strerror}); nothing was kept, free space and run again", file=str(out)) from None
+        raise DocsortError(
+            f"out of disk space ({err.strerror}); nothing was kept, free space and run again",
+            file=str(out),
+        ) from None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -326,8 +393,12 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _write_tables(tmp: Path, root: Path, ids, targets, folds, test_ids, meta: Meta, hard, cfg: DictConfig) -> None:
-    pd.DataFrame({"ID": ids, "target": targets, "fold": folds}).to_csv(tmp / "index.csv", index=False)
+def _write_tables(
+    tmp: Path, root: Path, ids, targets, folds, test_ids, meta: Meta, hard, cfg: DictConfig
+) -> None:
+    pd.DataFrame({"ID": ids, "target": targets, "fold": folds}).to_csv(
+        tmp / "index.csv", index=False
+    )
     pd.DataFrame({"ID": test_ids}).to_csv(tmp / "test.csv", index=False)
     for name in ("meta.csv", "sample_submission.csv", "hardcases.csv", "test_labels.csv"):
         if (root / name).is_file():
@@ -347,7 +418,9 @@ def _write_tables(tmp: Path, root: Path, ids, targets, folds, test_ids, meta: Me
     save_config(cfg, tmp / "config.yaml")
 
 
-def apply_label_errors(ids: list[str], targets: list[int], hard: pd.DataFrame, *, correct: bool) -> tuple[list[str], list[int]]:
+def apply_label_errors(
+    ids: list[str], targets: list[int], hard: pd.DataFrame, *, correct: bool
+) -> tuple[list[str], list[int]]:
     """Drop (or relabel, when ``correct``) training rows a person marked ``kind=label_error``."""
     errors = hard[hard["kind"] == "label_error"]
     verdict = dict(zip(errors["ID"], errors["target"], strict=True))

@@ -22,7 +22,10 @@ class Prepared:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         if not (self.root / "prepared.json").is_file():
-            raise DocsortError("not a prepared folder (no prepared.json); run `docsort prepare` first", file=str(self.root))
+            raise DocsortError(
+                "not a prepared folder (no prepared.json); run `docsort prepare` first",
+                file=str(self.root),
+            )
 
     @cached_property
     def info(self) -> dict:

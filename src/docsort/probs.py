@@ -51,8 +51,14 @@ def read_probs(path: str | os.PathLike) -> tuple[list[str], np.ndarray, pd.DataF
         raise DocsortError("probability table not found", file=str(path))
     try:
         df = pd.read_csv(path, dtype={"ID": str})
-    except (ValueError, UnicodeDecodeError) as err:  # pandas' ParserError / EmptyDataError are ValueErrors
-        raise DocsortError(f"cannot parse CSV: {(str(err).splitlines() or [type(err).__name__])[0]}", file=str(path)) from None
+    except (
+        ValueError,
+        UnicodeDecodeError,
+    ) as err:  # pandas' ParserError / EmptyDataError are ValueErrors
+        raise DocsortError(
+            f"cannot parse CSV: {(str(err).splitlines() or [type(err).__name__])[0]}",
+            file=str(path),
+        ) from None
     cols = [c for c in df.columns if c.startswith("p") and c[1:].isdigit()]
     cols.sort(key=lambda c: int(c[1:]))
     if "ID" not in df.columns or not cols:
@@ -63,11 +69,15 @@ def read_probs(path: str | os.PathLike) -> tuple[list[str], np.ndarray, pd.DataF
         probs = df[cols].to_numpy(dtype=np.float64)
     except (TypeError, ValueError):
         r, k = np.argwhere(df[cols].apply(pd.to_numeric, errors="coerce").isna().to_numpy())[0]
-        raise DocsortError(f"{cols[k]}={df[cols[k]].iloc[r]!r} is not a number", file=str(path), row=int(r) + 1) from None
+        raise DocsortError(
+            f"{cols[k]}={df[cols[k]].iloc[r]!r} is not a number", file=str(path), row=int(r) + 1
+        ) from None
     return df["ID"].tolist(), probs, df
 
 
-def align(ids: Sequence[str], probs: np.ndarray, order: Sequence[str], *, source: str) -> np.ndarray:
+def align(
+    ids: Sequence[str], probs: np.ndarray, order: Sequence[str], *, source: str
+) -> np.ndarray:
     """Reorder ``probs`` to ``order``; every ID of ``order`` must be present."""
     pos = {i: n for n, i in enumerate(ids)}
     missing = [i for i in order if i not in pos]

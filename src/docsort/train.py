@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from docsort.atomic import write_text_atomic
@@ -45,6 +44,7 @@ from docsort.errors import ConfigError
 from docsort.models import create_model, save_member
 from docsort.prepared import Prepared
 from docsort.probs import write_probs
+from docsort.stats import macro_f1
 from docsort.tta import VIEWS, merge, tta_logits
 
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
@@ -231,15 +231,7 @@ class Classifier(L.LightningModule):
             logits, y = self.all_gather(logits).flatten(0, 1), self.all_gather(y).flatten(0, 1)
         logits, y = logits.cpu(), y.cpu()
         loss = float(F.cross_entropy(logits, y))
-        f1 = float(
-            f1_score(
-                y.numpy(),
-                logits.argmax(-1).numpy(),
-                average="macro",
-                labels=range(self.num_classes),
-                zero_division=0,
-            )
-        )
+        f1 = macro_f1(y.numpy(), logits.argmax(-1).numpy(), range(self.num_classes))
         self.log("val_macro_f1", f1, prog_bar=True)
         self.log("val_loss", loss)
         if self.trainer.sanity_checking:
@@ -535,7 +527,12 @@ def train_member(prep: Prepared, cfg: DictConfig, fold: int | None, out: Path) -
             cfg.tta.batch_size,
         )
         ids = index["ID"].to_numpy()[va_rows]
-        np.savez_compressed(out / "oof_views.npz", ids=np.asarray(ids, dtype=str), targets=targets[va_rows], **per_view)
+        np.savez_compressed(
+            out / "oof_views.npz",
+            ids=np.asarray(ids, dtype=str),
+            targets=targets[va_rows],
+            **per_view,
+        )
         logits = torch.stack([torch.from_numpy(per_view[v]) for v in cfg.tta.views])
         probs = merge(logits, str(cfg.tta.merge)).numpy()
         write_probs(
@@ -548,24 +545,8 @@ def train_member(prep: Prepared, cfg: DictConfig, fold: int | None, out: Path) -
             val_macro_f1=float(best.get("val_macro_f1", float("nan"))),
             val_loss=float(best.get("val_loss", float("nan"))),
             best_epoch=int(best.get("epoch", 0)),
-            oof_macro_f1=float(
-                f1_score(
-                    targets[va_rows],
-                    single.argmax(1),
-                    average="macro",
-                    labels=labels,
-                    zero_division=0,
-                )
-            ),
-            oof_tta_macro_f1=float(
-                f1_score(
-                    targets[va_rows],
-                    probs.argmax(1),
-                    average="macro",
-                    labels=labels,
-                    zero_division=0,
-                )
-            ),
+            oof_macro_f1=macro_f1(targets[va_rows], single.argmax(1), labels),
+            oof_tta_macro_f1=macro_f1(targets[va_rows], probs.argmax(1), labels),
         )
         _log_wandb_summary(trainer, prep.class_names, ids, targets[va_rows], probs, result)
     save_member(out, model, cfg, prep.class_names, fold=fold, epochs=result["epochs"])
@@ -695,15 +676,7 @@ def train(
             {"target": oof["target"], "fold": oof["fold"]},
         )
         labels = range(prep.num_classes)
-        pooled = float(
-            f1_score(
-                oof["target"],
-                oof[pcols].to_numpy().argmax(1),
-                average="macro",
-                labels=labels,
-                zero_division=0,
-            )
-        )
+        pooled = macro_f1(oof["target"], oof[pcols].to_numpy().argmax(1), labels)
         summary = {"folds": results, "val_macro_f1": float(np.mean([r["val_macro_f1"] for r in results])),
                    "oof_tta_macro_f1": pooled, "epochs": int(max(r["epochs"] for r in results))}  # fmt: skip
         write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2))
