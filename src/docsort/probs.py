@@ -51,10 +51,7 @@ def read_probs(path: str | os.PathLike) -> tuple[list[str], np.ndarray, pd.DataF
         raise DocsortError("probability table not found", file=str(path))
     try:
         df = pd.read_csv(path, dtype={"ID": str})
-    except (
-        ValueError,
-        UnicodeDecodeError,
-    ) as err:  # pandas' ParserError / EmptyDataError are ValueErrors
+    except (ValueError, UnicodeDecodeError) as err:  # pandas' parse errors are ValueErrors
         raise DocsortError(
             f"cannot parse CSV: {(str(err).splitlines() or [type(err).__name__])[0]}",
             file=str(path),
