@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         pos = [{i: k for k, i in enumerate(o.ids)} for o in oofs]
         p_sh = [o.probs[[p[i] for i in shared]] for o, p in zip(oofs, pos, strict=True)]
         y = oofs[0].targets[[pos[0][i] for i in shared]] if shared else np.zeros(0, np.int64)
-        folds = ens.cv_folds(y, oofs[0].folds[[pos[0][i] for i in shared]]) if shared else None
+        folds = ens.cv_folds(y) if shared else None
         have_test = labels is not None and all(tests.get(n) for n in names)
         if have_test:
             t_ids = tests[names[0]][0]

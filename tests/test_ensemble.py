@@ -256,3 +256,14 @@ def test_view_names_match_the_tta_module():
     from docsort.config import VIEW_NAMES
 
     assert ens.VIEW_NAMES == VIEW_NAMES
+
+
+def test_outer_folds_are_stratified_within_the_oof_rows():
+    """Honest scores mix every fold model's rows into each outer fold (not the training folds)."""
+    y = np.repeat(np.arange(4), [10, 7, 5, 12])
+    f = ens.cv_folds(y)
+    assert np.array_equal(f, ens.cv_folds(y))  # reproducible
+    assert sorted(np.unique(f)) == [0, 1, 2, 3, 4]  # min(5, smallest class)
+    for k in range(5):
+        assert set(y[f == k]) == {0, 1, 2, 3}  # every class in every outer fold
+    assert len(np.unique(ens.cv_folds(np.array([0, 0, 1, 1, 1])))) == 2

@@ -25,6 +25,16 @@ def test_plan_trades_members_for_epochs_within_the_budget():
     assert plan(1, 1000, 500, 5, 5, speed, min_epochs=8, max_epochs=60, overhead_s=8) == (1, 1)
 
 
+def test_members_are_added_or_dropped_by_their_measured_cost():
+    from bench.quality import another_member_fits
+
+    # 100 s budget, 3 s kept for scoring: a 30-s member fits after 60 s, not after 70 s
+    assert another_member_fits(60.0, 30.0, 100.0)
+    assert another_member_fits(67.0, 30.0, 100.0)
+    assert not another_member_fits(67.1, 30.0, 100.0)
+    assert not another_member_fits(10.0, 95.0, 100.0)  # a probe that was optimistic
+
+
 @pytest.mark.slow
 def test_quality_bench_runs_end_to_end_on_tiny_data(sample_root, tmp_path, capsys, monkeypatch):
     from bench.quality import main

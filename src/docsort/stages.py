@@ -300,7 +300,7 @@ def candidate_oof(spec: ens.CandidateSpec, oofs: Sequence[mem.OOF]) -> Candidate
     if len(ids) >= MIN_SHARED_ROWS:
         if fitted:
             p = ens.cross_fit_oof(probs, targets, method=spec.method, merge=spec.merge, objective=spec.objective,
-                                  calibrate=spec.temperatures is not None, folds=ens.cv_folds(targets, folds))  # fmt: skip
+                                  calibrate=spec.temperatures is not None, folds=ens.cv_folds(targets))  # fmt: skip
         else:
             p = ens.combine(spec, probs)
         return CandidateOOF(ids, targets, folds, p, "shared")
@@ -492,9 +492,7 @@ def _ensemble(
     with atomic_path(out, is_dir=True) as tmp:
         _write_candidate(tmp, spec, ids, probs, oof)
         if report and oofs and len(ids_s) >= MIN_SHARED_ROWS:
-            rep = ens.evaluate_methods(
-                names, shared, targets, folds=folds, objective=objective, merge=merge
-            )
+            rep = ens.evaluate_methods(names, shared, targets, objective=objective, merge=merge)
             write_method_report(tmp, rep, len(ids_s))
         if keep is not None:
             shutil.copytree(keep, tmp / "members")
