@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run(args, work: Path, t_start: float, budget: float) -> dict:
     from docsort.config import load_config
+    from docsort.device import usable_cores
     from docsort.predict import predict
     from docsort.prepare import prepare
     from docsort.prepared import Prepared
@@ -339,7 +340,7 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
         "tta_views": list(cfg.tta.views),
         "machine": {
             "cpu": _cpu_name(),
-            "cores": len(os.sched_getaffinity(0)),
+            "cores": usable_cores(),
             "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(),

@@ -39,7 +39,7 @@ import torch
 from docsort.augment import TrainTransform, to_tensor
 from docsort.config import load_config
 from docsort.data import decode_image, fit_square, image_path
-from docsort.device import autocast, default_workers, resolve_precision
+from docsort.device import autocast, default_workers, resolve_precision, usable_cores
 from docsort.models import create_model, load_member
 from docsort.predict import CacheImages, iter_batches, predict
 from docsort.prepared import Prepared
@@ -473,14 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="keep the generated data and models here")
     args = ap.parse_args(argv)
     args.epoch_sides = [int(s) for s in str(args.epoch_sides).split(",")]
-    threads = int(
-        args.threads
-        or (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
-    )
+    threads = int(args.threads or usable_cores())
     args.threads = threads
     torch.set_num_threads(threads)
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from docsort.atomic import atomic_path
+from docsort.device import usable_cores
 from docsort.errors import ConfigError
 
 VERSION = 1
@@ -62,7 +63,6 @@ def _redirect_augraphy_scratch() -> str:
     litters the user's folder and fails on a read-only root filesystem; its
     modules see a copy of ``os`` whose ``getcwd`` is a private temporary folder.
     """
-    import os
     import tempfile
     import types
 
@@ -186,7 +186,7 @@ def build_copies(
     n = len(src)
     shape = (n, n_copies, *src.shape[1:])
     del src
-    workers = max(1, min(workers or len(os.sched_getaffinity(0)), n))
+    workers = max(1, min(workers or usable_cores(), n))
     t0 = time.perf_counter()
     busy = 0.0
     with atomic_path(out) as tmp:

@@ -74,14 +74,16 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers limit)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def set_threads(threads: int | None) -> int:
     """Use ``threads`` intra-op threads (default: the cores this process may use)."""
-    n = (
-        threads or len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else (os.cpu_count() or 1)
-    )
-    n = int(threads or n)
+    n = int(threads or usable_cores())
     torch.set_num_threads(n)
     return n
 

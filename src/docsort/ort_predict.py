@@ -116,11 +116,8 @@ def runner_for(
     """
     digest = weights_digest(model_dir)
     path = Path(model_dir) / "model.onnx"
-    if not (
-        path.is_file()
-        and read_metadata(path).get("docsort.weights_sha256") == digest
-        and read_metadata(path).get("docsort.precision") == precision
-    ):
+    meta = read_metadata(path) if path.is_file() else {}
+    if meta.get("docsort.weights_sha256") != digest or meta.get("docsort.precision") != precision:
         path = export_onnx(
             model_dir, work_dir / f"model-{precision}.onnx", member=member, fp16=precision == "fp16"
         )

@@ -173,9 +173,7 @@ class _Batches(Dataset):
     def __getitem__(self, i: int):
         try:
             return to_nchw(self.source.read(*self.spans[i]))
-        except (
-            DocsortError
-        ) as err:  # a plain DocsortError pickles to the main process with its one-line message
+        except DocsortError as err:  # pickles to the main process with its one-line message
             return DocsortError(str(err))
 
 

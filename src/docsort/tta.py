@@ -8,7 +8,6 @@ view-at-a-time loops of naive code and of ``ttach``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -117,9 +116,9 @@ def auto_workers(value: int | str | None, device: torch.device, *, decode: bool)
         if n < 0:
             raise ConfigError(f"tta.workers={value} must be >= 0 or auto")
         return n
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    )
+    from docsort.device import usable_cores
+
+    cores = usable_cores()
     if device.type == "cuda":
         return min(8, max(2, cores - 1)) if decode else 2
     if not decode:
