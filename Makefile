@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint setup system-deps bench clean
+.PHONY: demo test test-slow lint setup system-deps bench clean golden
 
 demo: $(STAMP)
 	$(BIN)/docsort demo --out demo-out
@@ -22,6 +22,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests components pipelines bench
 
 setup: $(STAMP)
+
+# Regenerate tests/golden/*.yaml (the compiled pipelines) after an intended IR change; review the diff.
+golden: $(STAMP)
+	$(BIN)/python -m tests.golden_ir
 
 # torch first: pinned to the release these machines carry (pip takes it from a local
 # wheel cache when there is one). kfp-server-api only ships as source and needs

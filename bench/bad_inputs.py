@@ -1,9 +1,14 @@
 """Print the Markdown table of bad inputs and the one-line message each one gets.
 
 The cases are those of tests/test_bad_input.py (PREPARE_CASES, SUBMISSION_CASES,
-CONFIG_CASES), run through the real CLI on copies of the tiny sample dataset::
+CONFIG_CASES), run through the real CLI on copies of the tiny sample dataset, then the
+scenario catalogue of tests/scenario_catalogue.py (mistakes as sequences of commands:
+outputs that are inputs, re-runs under another config, concurrent submissions, faults)::
 
     python bench/bad_inputs.py > bad_inputs.md
+    python bench/bad_inputs.py --scenarios-only --json bench/results/bad_inputs.json
+
+The last lines give the totals: refused cleanly / accepted correctly / wrong.
 
 Temporary paths are shown as ``<root>`` (the dataset), ``<prepared>`` and ``<work>``.
 A row whose ``ok`` column is not ``yes`` did not get exit status 2 with one line
@@ -12,6 +17,8 @@ naming what the test expects.
 
 from __future__ import annotations
 
+import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -87,12 +94,47 @@ def _accepted(sample: Path, work: Path) -> list[str]:
     return rows
 
 
-def main() -> int:
+def _scenario_rows(tmp: Path) -> tuple[list[str], list[dict]]:
+    from tests.scenario_catalogue import run_all
+
+    rows = [
+        "",
+        "| case | scenario (CLI sequence) | verdict | message or check |",
+        "|---|---|---|---|",
+    ]
+    records = []
+    for scenario, outcome in run_all(tmp / "scenarios"):
+        detail = (
+            " ".join(outcome.detail.split()).replace(str(tmp), "<work>").replace("|", "\\|")[:240]
+        )
+        rows.append(f"| {scenario.case} | {scenario.label} | {outcome.verdict} | `{detail}` |")
+        records.append({"case": scenario.case, "scenario": scenario.label,
+                        "verdict": outcome.verdict, "detail": detail})  # fmt: skip
+    return rows, records
+
+
+def _totals(verdicts: list[str]) -> str:
+    n = {v: verdicts.count(v) for v in ("refused", "accepted", "wrong", "skipped")}
+    return (f"\n{len(verdicts)} cases: {n['refused']} refused cleanly, {n['accepted']} accepted "
+            f"correctly, {n['wrong']} wrong" + (f", {n['skipped']} skipped" if n["skipped"] else ""))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenarios-only", action="store_true", help="only the scenario catalogue")
+    ap.add_argument("--json", type=Path, help="also write the verdicts here")
+    args = ap.parse_args(argv)
     from docsort.prepare import prepare
     from docsort.sampledata import generate_sample_data
 
     with tempfile.TemporaryDirectory(prefix="docsort-bad-") as tmp:
         tmp = Path(tmp)
+        if args.scenarios_only:
+            rows, records = _scenario_rows(tmp)
+            print("\n".join([*rows, _totals([r["verdict"] for r in records])]))
+            if args.json:
+                args.json.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+            return 0
         sample = generate_sample_data(tmp / "sample", per_class=6, test_per_class=2, seed=3)
         prepared = prepare(str(sample), tmp / "prepared", TINY)
         rows = ["| bad input | command | exit | message | ok |", "|---|---|---|---|---|"]
@@ -129,7 +171,15 @@ def main() -> int:
             rows.append(_row(case.label, f"{case.command} {' '.join(case.overrides)}", rc, err, case,
                              {str(sample): "<root>", str(prepared): "<prepared>", str(work): "<work>"}))  # fmt: skip
         rows += _accepted(sample, tmp / "ok")
-    print("\n".join(rows))
+        verdicts = [
+            ("accepted" if "| accepted" in r else "refused") if r.endswith("| yes |") else "wrong"
+            for r in rows[2:]
+        ]
+        scen_rows, records = _scenario_rows(tmp)
+        verdicts += [r["verdict"] for r in records]
+    print("\n".join([*rows, *scen_rows, _totals(verdicts)]))
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
     return 0
 
 

@@ -251,7 +251,7 @@ def task_settings(component: str, profile: Mapping[str, Any] | None = None) -> d
 
 
 def trial_pod(profile: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Pod settings for Katib trials: the GPU pool and pull policy of the pipeline's tasks."""
+    """Pod settings for Katib trials: the GPU pool, pull policy and pull secrets of the pipeline's tasks."""
     prof = profile if profile is not None else load_profile()
     pool = prof.get("gpu_pool") or {}
     selector = dict(pool.get("node_selector") or {})
@@ -261,6 +261,7 @@ def trial_pod(profile: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "node_selector": selector,
         "tolerations": [dict(t) for t in pool.get("tolerations") or []],
         "image_pull_policy": prof.get("image_pull_policy"),
+        "image_pull_secrets": [str(n) for n in prof.get("image_pull_secrets") or []],
     }
 
 
@@ -344,6 +345,10 @@ def apply(task, component: str | None = None, *, profile: str | Mapping[str, Any
     for name, value in (prof.get("annotations") or {}).items():
         kubernetes.add_pod_annotation(task, name, str(value))
     if key == "sweep":
-        # The sweep step starts Katib trials: they go to the same GPU pool as the pipeline's GPU tasks.
+        # The sweep step starts Katib trials: they go to the same GPU pool as the pipeline's GPU
+        # tasks and run the image this pipeline was compiled for.
         task.set_env_variable(TRIAL_POD_ENV, json.dumps(trial_pod(prof), sort_keys=True))
+        chosen = images.settings()
+        task.set_env_variable(images.REGISTRY_ENV, chosen.registry)
+        task.set_env_variable(images.TAG_ENV, chosen.tag)
     return task

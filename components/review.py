@@ -16,23 +16,54 @@ GPU_IMAGE = image("gpu")
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def spec_version_op(specs: list) -> str:
+    """A version stamp of the candidate specs' content and of the checkpoints they name.
+
+    Never cached, like ``data_version_op``: it runs on every pipeline run, and the
+    candidate steps take its output as a parameter, so their cache keys change
+    exactly when a spec or a member checkpoint changes behind the same path.
+    """
+    from docsort.spec_version import spec_version
+
+    return spec_version(specs)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def prepare_candidates_op(
-    prepared: Output[Dataset], data_uri: str, specs: list, overrides: str = ""
+    prepared: Output[Dataset],
+    data_uri: str,
+    specs: list,
+    overrides: str = "",
+    data_version: str = "",
+    spec_version: str = "",
 ):
-    """Prepare the dataset with the image settings the candidates' members were trained with."""
+    """Prepare the dataset with the image settings the candidates' members were trained with.
+
+    ``data_version`` and ``spec_version`` are not used by the stage: they are the
+    cache key, so an unchanged night reuses this step and every step after it.
+    """
     from docsort.stages import prepare_for_candidates
 
     prepare_for_candidates(data_uri, specs, prepared.path, overrides.split())
+    prepared.metadata.update({"data_version": data_version, "spec_version": spec_version})
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def candidate_run_op(
-    prepared: Input[Dataset], candidate: Output[Dataset], spec: str, overrides: str = ""
+    prepared: Input[Dataset],
+    candidate: Output[Dataset],
+    spec: str,
+    overrides: str = "",
+    spec_version: str = "",
 ):
-    """Re-run one saved candidate spec: predict each member with its TTA views, then combine."""
+    """Re-run one saved candidate spec: predict each member with its TTA views, then combine.
+
+    ``spec_version`` keys the cache on the spec's content and its checkpoints, not its path.
+    """
     from docsort.stages import run_candidate
 
     run_candidate(spec, prepared.path, candidate.path, overrides.split())
+    candidate.metadata["spec_version"] = spec_version
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

@@ -43,12 +43,14 @@ def prepare_op(
     data: Input[Dataset] = None,
     overrides: str = "",
     data_version: str = "",
-) -> list:
+) -> list[int]:
     """Validate the dataset (``data_uri`` or the ``data`` artifact), make folds and the image cache.
 
     ``data_version`` (from ``data_version_op``) is not used by the stage: it is part of
     the cache key, so new data behind the same URI is prepared again. Returns the
-    fold indices ``[0, ..., K-1]``, for a ParallelFor over the folds.
+    fold indices ``[0, ..., K-1]``, for a ParallelFor over the folds. ``list[int]``, not
+    ``list``: the loop item is then typed NUMBER_INTEGER and the KFP driver hands it to
+    ``train_op.fold: int`` as a number (a bare ``list`` makes it a STRING, refused there).
     """
     import json
     from pathlib import Path
@@ -76,6 +78,7 @@ def train_op(
     import json
     from pathlib import Path
 
+    from docsort.sweep_results import reuse_member
     from docsort.train import train
 
     best = (
@@ -84,7 +87,12 @@ def train_op(
     args = (
         best + overrides.split() + extra_overrides.split() + ([f"fold={fold}"] if fold >= 0 else [])
     )
-    train(prepared.path, model.path, args)
+    # The sweep's best trial already trained this member when its overrides, fold and data match.
+    kept = None
+    if sweep is not None and fold >= 0:
+        kept = reuse_member(sweep.path, fold, args, prepared.path, model.path)
+    if kept is None:
+        train(prepared.path, model.path, args)
     result = json.loads((Path(model.path) / "metrics.json").read_text())
     for key in ("val_macro_f1", "val_loss", "oof_tta_macro_f1"):
         if key in result:
@@ -163,23 +171,28 @@ def sweep_op(
     n_trials: int = 0,
     overrides: str = "",
     extra_overrides: str = "",
-    namespace: str = "docsort",
-    timeout_s: int = 21600,
+    namespace: str = "",
+    timeout_s: int = 0,
 ):
     """Hyperparameter sweep over ``space``: a Katib Experiment (``katib``) or a local Optuna study (``local``).
 
     ``auto`` picks Katib inside a Kubernetes pod and the local twin elsewhere
     (kfp.local). Every trial gets ``overrides`` then ``extra_overrides``; Katib
-    trials read the prepared data by its S3 URI. Besides ``trials.csv`` and
-    ``best.json``, ``result`` holds ``best_overrides.txt``: the best trial's whole
-    override list without ``fold``, which ``train_op(sweep=...)`` trains on K folds.
+    trials read the prepared data by its S3 URI and keep their members beside
+    ``result`` (``<task output>/trials/<trial>/``, so ``result`` stays small for
+    the steps that download it). ``namespace``: the Experiment's, default the
+    one this pod runs in. ``timeout_s``: how long to wait, 0 = the Experiment's
+    worst case; a shorter wait is refused before the Experiment is created.
+    Besides ``trials.csv`` and ``best.json`` (naming the best trial's member),
+    ``result`` holds ``best_overrides.txt``: the best trial's whole override list
+    without ``fold``, which ``train_op(sweep=...)`` trains on K folds.
     """
     import json
     import os
     from pathlib import Path
 
     from docsort.errors import DocsortError
-    from docsort.sweep import load_space, override_key, run_sweep, trial_overrides
+    from docsort.sweep import load_space, override_key, run_sweep, sweep_wait_s, trial_overrides
 
     if backend == "auto":
         backend = "katib" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
@@ -191,8 +204,11 @@ def sweep_op(
                 f"Katib trials read the prepared data from S3, but it is at {uri}: use an s3:// pipeline root"
             )
         pod = json.loads(os.environ.get("DOCSORT_TRIAL_POD") or "{}")
+        wait = sweep_wait_s(space, n_trials or None, timeout_s)  # refuses one too short for it
+        out_uri = result.uri.replace("minio://", "s3://", 1).rstrip("/")
+        trials = out_uri.rsplit("/", 1)[0] + "/trials" if out_uri.startswith("s3://") else None
         found = run_sweep(uri, space, result.path, backend="katib", fixed_overrides=fixed, namespace=namespace,
-                          timeout_s=timeout_s, n_trials=n_trials or None, pod=pod)  # fmt: skip
+                          timeout_s=wait, n_trials=n_trials or None, pod=pod, trials_uri=trials)  # fmt: skip
     else:
         found = run_sweep(
             prepared.path,
@@ -201,7 +217,7 @@ def sweep_op(
             backend=backend,
             fixed_overrides=fixed,
             n_trials=n_trials or None,
-            timeout_s=timeout_s,
+            timeout_s=timeout_s or None,
         )
     best = [
         o

@@ -1,6 +1,11 @@
 """Submission: candidate specs -> predict with TTA + ensemble (one task per candidate) -> hard-case
 comparison -> error report -> submit the winner.
 
+Run nightly (``docsort schedule``), it costs GPU time only when something changed:
+the prediction steps are keyed on the data version and on the candidate specs'
+content and member checkpoints (``spec_version_op``), so an unchanged night
+reuses them from KFP's cache; only the submission step always runs.
+
 ``candidates`` are saved candidate specs (``candidate.yaml`` written by
 ``docsort ensemble``, paths or s3:// URIs); their members' checkpoints must be
 reachable from the tasks. The data is prepared with the image settings the
@@ -20,8 +25,9 @@ from docsort.components.review import (
     compare_candidates_op,
     prepare_candidates_op,
     report_op,
+    spec_version_op,
 )
-from docsort.components.stages import submit_op
+from docsort.components.stages import data_version_op, submit_op
 
 
 @dsl.pipeline(
@@ -39,12 +45,20 @@ def submission_pipeline(
     """``data_root``: dataset root (folder or s3://). ``candidates``: candidate spec paths/URIs.
     ``output_root``: where the versioned submission also goes (folder or s3://; empty: only the
     run's artifact). ``report_on``: auto | oof | test | hardcases."""
-    prep = prepare_candidates_op(data_uri=data_root, specs=candidates, overrides=prepare_overrides)
+    # Both stamps run every night; the steps after them are served from KFP's cache unless the
+    # data, a candidate spec or a member checkpoint changed (docs/cluster.md, "What is reused").
+    data_version = apply(data_version_op(data_uri=data_root).set_display_name("data-version"))
+    spec_version = apply(spec_version_op(specs=candidates).set_display_name("spec-version"))
+    prep = prepare_candidates_op(
+        data_uri=data_root, specs=candidates, overrides=prepare_overrides,
+        data_version=data_version.output, spec_version=spec_version.output,
+    )  # fmt: skip
     apply(prep.set_display_name("prepare"))
     with dsl.ParallelFor(candidates, parallelism=2) as spec:
         cand = candidate_run_op(
-            prepared=prep.outputs["prepared"], spec=spec, overrides=predict_overrides
-        )
+            prepared=prep.outputs["prepared"], spec=spec, overrides=predict_overrides,
+            spec_version=spec_version.output,
+        )  # fmt: skip
         apply(cand.set_display_name("predict-and-ensemble"))
     cmp = compare_candidates_op(
         prepared=prep.outputs["prepared"], candidates=dsl.Collected(cand.outputs["candidate"])

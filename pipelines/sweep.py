@@ -28,10 +28,12 @@ def sweep_pipeline(
     data_overrides: str = "",
     sweep_overrides: str = "",
     train_overrides: str = "",
-    namespace: str = "docsort",
-    sweep_timeout_s: int = 21600,
+    namespace: str = "",
+    sweep_timeout_s: int = 0,  # 0: the Experiment's worst case (docsort.katib.worst_case_s)
 ) -> dsl.Dataset:
     """``backend``: auto | katib | local. ``n_trials``: 0 = the space's max_trial_count.
+    ``namespace``: where the Katib Experiment goes; empty = the namespace this pipeline's
+    pods run in (a Kubeflow profile namespace in multi-user Kubeflow, e.g. ``kubeflow``).
     ``data_overrides`` apply to prepare, every trial and the final members;
     ``sweep_overrides`` to every trial (and so to the best config);
     ``train_overrides`` only to the final members (e.g. more epochs)."""

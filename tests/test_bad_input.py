@@ -28,9 +28,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from docsort.cli import main
 from docsort.data import check_id, image_path, parse_ids, parse_targets, read_csv, read_labelled
 from docsort.errors import DocsortError
+from tests import scenario
+from tests.scenario import one_line
 
 TINY = ("data.image_size=48", "data.num_folds=2")
 HYPOTHESIS = settings(
@@ -46,18 +47,7 @@ HYPOTHESIS = settings(
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
     """``docsort ARGV`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
-
-
-def one_line(stderr: str) -> str:
-    """The single ``docsort: error: ...`` line; fails on anything more (tracebacks, warnings)."""
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"expected one line, got:\n{stderr}"
-    assert lines[0].startswith("docsort: error: "), lines[0]
-    return lines[0].removeprefix("docsort: error: ")
+    return scenario.run_cli(*argv)
 
 
 # ---------------------------------------------------------------- editing a copy of the sample data
@@ -271,8 +261,20 @@ SUBMISSION_CASES: list[Case] = [
          extra={"edit": lambda d: _set(d, 2, "p0", -0.5)}),
     Case("probs.csv: non-numeric probability", ("probs.csv row 2:", "p1='high' is not a number"),
          extra={"edit": lambda d: _set(d, 2, "p1", "high")}),
-    Case("probs.csv: one class too few", ("probs.csv:", "has 16 classes, meta.csv has 17"),
+    Case("probs.csv: one class too few", ("probs.csv:", "has 16 probability columns, the data has 17 classes"),
          extra={"edit": lambda d: d.drop(columns=["p16"])}),
+    Case("probs.csv: a class column missing in the middle", ("probs.csv:", "p3 is missing"),
+         extra={"edit": lambda d: d.drop(columns=["p3"])}),
+    Case("probs.csv: all zeros", ("probs.csv row 1:", "sum to 0, not 1 (tolerance 0.001; 34 such rows)"),
+         extra={"edit": lambda d: d.assign(**{c: 0.0 for c in d.columns[1:]})}),
+    Case("probs.csv: rows summing to 15.3", ("probs.csv row 1:", "sum to 15.3, not 1"),
+         extra={"edit": lambda d: d.assign(**{c: d[c] * 15.3 for c in d.columns[1:]})}),
+    Case("probs.csv: one row not summing to 1", ("probs.csv row 5:", "sum to 1.1, not 1", "1 such rows"),
+         extra={"edit": lambda d: _set(d, 5, "p0", d["p0"][4] + 0.1)}),
+    Case("probs.csv: infinite probability", ("probs.csv row 2:", "p1=inf is not a probability"),
+         extra={"edit": lambda d: _set(d, 2, "p1", float("inf"))}),
+    Case("probs.csv: a blank ID", ("probs.csv row 2:", "empty ID"),
+         extra={"edit": lambda d: _set(d, 2, "ID", "")}),
     Case("probs.csv: not a probability table", ("probs.csv:", "needs ID and p0..pK"),
          extra={"edit": lambda d: d.rename(columns={"ID": "image"}).iloc[:, :1]}),
     Case("--candidate with a path in it", ("candidate name '../x'",), extra={"edit": lambda d: d, "candidate": "../x"}),
@@ -288,8 +290,20 @@ CONFIG_CASES: list[Case] = [
     Case("config: unknown TTA view", ("tta.views='rot45' is not valid; choose from: identity, rot90",),
          overrides=("tta.views=[identity,rot45]",), command="predict"),
     Case("config: TTA views not a list", ("must be a list, e.g. tta.views=[rot90]",), overrides=("tta.views=rot90",), command="predict"),
-    Case("config: unknown key", ("invalid override: Could not override 'epochs'",), overrides=("epochs=3",), command="prepare"),
+    Case("config: unknown key", ("epochs is not a docsort setting; did you mean train.epochs",), overrides=("epochs=3",), command="prepare"),
+    Case("config: unknown key added with +", ("train.foo is not a docsort setting",), overrides=("+train.foo=1",), command="train"),
     Case("config: data.max_pixels=0", ("data.max_pixels=0 must be >= 1",), overrides=("data.max_pixels=0",), command="prepare"),
+    Case("config: label smoothing out of range", ("train.label_smoothing=5 must be in [0, 1)",),
+         overrides=("train.label_smoothing=5",), command="train"),
+    Case("config: EMA decay out of range", ("train.ema_decay=2 must be in [0, 1)",), overrides=("train.ema_decay=2",), command="train"),
+    Case("config: threads not a number", ("threads='abc' must be an integer >= 1 or null",), overrides=("threads=abc",), command="train"),
+    Case("config: DataLoader workers not a number", ("train.num_workers='abc' must be an integer >= 0 or auto",),
+         overrides=("train.num_workers=abc",), command="train"),
+    Case("config: TTA batch size not a number", ("tta.batch_size='abc' must be an integer >= 1 or auto",),
+         overrides=("tta.batch_size=abc",), command="predict"),
+    Case("config: fold outside the folds", ("fold=7 is not valid; choose from: 0, 1, 2, 3, 4, all, none",), overrides=("fold=7",), command="train"),
+    Case("config: a switch that is not true/false", ("train.channels_last='yes' must be true or false",),
+         overrides=("train.channels_last=yes",), command="train"),
 ]  # fmt: skip
 
 

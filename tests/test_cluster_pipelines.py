@@ -34,6 +34,7 @@ DATA = "data.image_size=32 data.num_folds=2"
 TRAIN = "model=resnet10t train.epochs=1 train.batch_size=32 tracking.wandb=disabled tta.views=[identity]"
 
 
+@pytest.mark.slow  # kfp.local end to end, twice
 def test_train_pipeline_runs_locally_and_a_rerun_reuses_finished_steps(sample_root, tmp_path):
     params = {"data_uri": str(sample_root), "data_overrides": DATA, "train_overrides": TRAIN}
     out = tmp_path / "runs"
@@ -111,7 +112,7 @@ def test_sweep_step_gives_katib_the_artifacts_s3_uri_and_the_gpu_pool(tmp_path, 
         prepared=Dataset(uri="minio://docsort-artifacts/pipelines/run-1/prepare-op/prepared"),
         result=Dataset(uri=str(tmp_path / "result")), metrics=Metrics(uri=str(tmp_path / "metrics")),
         space="default", backend="auto", n_trials=3, overrides="data.image_size=64", extra_overrides="train.epochs=2",
-        namespace="docsort", timeout_s=600,
+        namespace="docsort", timeout_s=0,  # 0: wait for the Experiment's worst case
     )  # fmt: skip
 
     (exp,) = [o for (plural, _, _), o in api.objects.items() if plural == "experiments"]

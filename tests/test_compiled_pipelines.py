@@ -168,13 +168,10 @@ def test_the_submission_step_is_never_served_from_cache(path, tmp_path):
     assert sub and all(
         t["task"].get("cachingOptions", {}).get("enableCache", False) is False for t in sub
     )
-    if "prepare-candidates-op" in found:  # reads the mutable data root without a data version
-        assert (
-            found["prepare-candidates-op"]["task"]
-            .get("cachingOptions", {})
-            .get("enableCache", False)
-            is False
-        )
+    if "prepare-candidates-op" in found:  # keyed on the data and spec versions, so cacheable
+        for stamp in ("data-version-op", "spec-version-op"):
+            assert found[stamp]["task"].get("cachingOptions", {}).get("enableCache", False) is False
+        assert found["prepare-candidates-op"]["task"]["cachingOptions"] == {"enableCache": True}
 
 
 def test_the_sweep_step_tells_katib_trials_the_gpu_pool(tmp_path):

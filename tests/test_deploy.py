@@ -553,14 +553,18 @@ def test_pods_run_non_root_with_read_only_root(rendered: dict[str, list[dict]], 
 
 def test_gpu_component_pins_gpu_work_to_gpu_pools(rendered: dict[str, list[dict]]):
     from docsort.images import image
+    from tests.skaffold_rules import default_repo
+
+    repo = _skaffold_default_repo()
 
     gpu_toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     for target, pinned in (("base", False), ("dev", False), ("aws", True), ("dev+gpu", True)):
         docs = rendered[target]
         gpu = _find(docs, "DaemonSet", "docsort-gpu-prepull", DOCSORT_NS)["spec"]["template"]
         cpu = _find(docs, "DaemonSet", "docsort-cpu-prepull", DOCSORT_NS)["spec"]["template"]
-        assert gpu["spec"]["initContainers"][0]["image"] == image("gpu")
-        assert cpu["spec"]["initContainers"][0]["image"] == image("cpu")
+        # what skaffold deploys there: the artifact it built under its default repo
+        assert default_repo(repo, gpu["spec"]["initContainers"][0]["image"]) == image("gpu")
+        assert default_repo(repo, cpu["spec"]["initContainers"][0]["image"]) == image("cpu")
         if pinned:
             assert gpu["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
             assert gpu_toleration in gpu["spec"]["tolerations"]
@@ -574,6 +578,14 @@ def test_gpu_component_pins_gpu_work_to_gpu_pools(rendered: dict[str, list[dict]
 
 def _skaffold() -> dict:
     return yaml.safe_load((REPO / "skaffold.yaml").read_text(encoding="utf-8"))
+
+
+def _skaffold_default_repo() -> str:
+    """``SKAFFOLD_DEFAULT_REPO`` from skaffold.env, which skaffold reads from the project root."""
+    for line in (REPO / "skaffold.env").read_text(encoding="utf-8").splitlines():
+        if line.startswith("SKAFFOLD_DEFAULT_REPO="):
+            return line.split("=", 1)[1].strip()
+    raise AssertionError("skaffold.env sets no SKAFFOLD_DEFAULT_REPO")
 
 
 def test_skaffold_yaml_validates_against_the_schema(tmp_path: Path):
@@ -615,13 +627,18 @@ def test_image_names_have_one_source_of_truth(
     monkeypatch.delenv("DOCSORT_IMAGE_REGISTRY", raising=False)
     monkeypatch.delenv("DOCSORT_IMAGE_TAG", raising=False)
     from docsort.images import image
+    from tests.skaffold_rules import default_repo, replaced_by
 
     spec = yaml.safe_load(
         (REPO / "src" / "docsort" / "conf" / "images.yaml").read_text(encoding="utf-8")
     )
     expected = {variant: image(variant) for variant in spec["images"]}
     assert set(expected) == {"cpu", "gpu"}
-    repos = {variant: ref.rsplit(":", 1)[0] for variant, ref in expected.items()}
+    # skaffold's artifacts are the bare names; its default repo (skaffold.env) adds the registry
+    repos = dict(spec["images"])
+    assert {v: default_repo(_skaffold_default_repo(), r) for v, r in repos.items()} == {
+        v: ref.rsplit(":", 1)[0] for v, ref in expected.items()
+    }
 
     # skaffold: every artifact is one of the images, built from its Dockerfile, with the tag
     for build in _skaffold_builds():
@@ -633,13 +650,13 @@ def test_image_names_have_one_source_of_truth(
             assert builder["buildArgs"]["VERSION"] == _pyproject()["project"]["version"]
     assert {a["image"] for a in _skaffold()["build"]["artifacts"]} == set(repos.values())
 
-    # k8s/: every docsort image referenced is one of them
+    # k8s/: every docsort image referenced is an artifact skaffold replaces with its build
     refs = set()
     for docs in rendered.values():
         for _, spec_ in _pod_specs(docs):
             for container in spec_.get("initContainers", []) + spec_["containers"]:
-                if container["image"].startswith(spec["registry"] + "/"):
-                    refs.add(container["image"])
+                if replaced_by(container["image"], set(repos.values())):
+                    refs.add(default_repo(_skaffold_default_repo(), container["image"]))
     assert refs and refs <= set(expected.values())
 
     # components/: every KFP component runs one of them

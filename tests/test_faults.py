@@ -1,4 +1,5 @@
-"""Faults: an S3 endpoint dying mid-submission, a full disk during prepare, a torn cache.
+"""Faults: an S3 endpoint dying mid-submission, full disks and read-only folders in every stage,
+a torn cache, a killed run's temporaries.
 
 What must survive: the previous ``latest`` submission (complete, still pointed at), and
 no prepared folder or image cache that counts as complete unless it is.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -106,10 +108,10 @@ def test_s3_dying_mid_submission_keeps_latest_on_a_complete_submission(
     assert latest(out) == first and storage.read_bytes(first) == first_bytes
     csvs = _assert_every_submission_complete(out, rows)
     if dies_during != "latest.json":  # the CSV never became visible
-        assert not [c for c in csvs if c.endswith("-second.csv")]
+        assert not [c for c in csvs if "-second-" in c]
     # With the endpoint back, the same command completes and moves latest.
     assert _submit(prepared_root, tmp_path / "b.csv", out, "third")[0] == 0
-    assert latest(out).endswith("-third.csv")
+    assert re.search(r"-third-[0-9a-f]{6}\.csv$", latest(out))
     _assert_every_submission_complete(out, rows)
 
 
@@ -206,14 +208,20 @@ _TMPFS = textwrap.dedent(
 )
 
 
+def _unshare() -> str:
+    """``unshare`` where it can make user and mount namespaces (a private tmpfs); else skip."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -rm (user and mount namespaces) for a private tmpfs")
+    return unshare
+
+
 def test_really_full_disk_fails_cleanly_not_with_sigbus(
     sample_root: Path, prepared_root: Path, tmp_path: Path
 ):
     """A real ENOSPC: a 300 KiB tmpfs in a private mount namespace. The memory-mapped cache is
     allocated up front, so a full disk is one error line, not a SIGBUS that leaves a temporary behind."""
-    unshare = shutil.which("unshare")
-    if unshare is None or subprocess.run([unshare, "-rm", "true"], capture_output=True).returncode:
-        pytest.skip("needs unshare -rm (user and mount namespaces) for a private tmpfs")
+    unshare = _unshare()
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     proc = subprocess.run(
@@ -247,3 +255,192 @@ def test_torn_cache_in_a_complete_folder_is_rebuilt_not_reused(
     torn.write_bytes(data[: len(data) // 2])
     assert run_cli(argv)[0] == 0
     assert _caches(out) == _caches(prepared_root)
+
+
+# ---------------------------------------------------------------- every stage: full disks, read-only folders
+
+_MOUNTED = textwrap.dedent(
+    """
+    import contextlib, io, json, os, subprocess, sys
+    from pathlib import Path
+    mnt, size, steps = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mnt]).returncode:
+        sys.exit(77)
+    from docsort.cli import main
+    results = []
+    for step in steps:
+        if step.get("remount"):
+            subprocess.run(["mount", "-o", "remount," + step["remount"], mnt], check=True)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = main(step["argv"])
+        left = sorted(str(p.relative_to(mnt)) for p in Path(mnt).rglob("*"))
+        results.append({"rc": rc, "err": err.getvalue(), "left": left})
+    print(json.dumps(results))
+    """
+)
+
+
+def _on_tmpfs(tmp_path: Path, size: str, steps: list[dict]) -> list[dict]:
+    """Run docsort commands (``{"argv": [...], "remount": "ro" | "size=..."}``) with ``tmp_path/mnt``
+    a real tmpfs of ``size`` in a private mount namespace: real ENOSPC and EROFS, even for root."""
+    unshare = _unshare()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(
+        [unshare, "-rm", sys.executable, "-c", _MOUNTED, str(mnt), size, json.dumps(steps)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    if proc.returncode == 77:
+        pytest.skip("tmpfs cannot be mounted here")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _temps(left: list[str]) -> list[str]:
+    return [p for p in left if p.endswith(".tmp")]
+
+
+def test_full_disk_during_train_is_one_line_and_the_checkpoint_temp_is_removed(
+    prepared_root: Path, tmp_path: Path
+):
+    """The epoch-end checkpoint hits ENOSPC: one line naming last.ckpt, no temporary checkpoint left
+    filling the disk; with space the same command trains the member."""
+    mnt = tmp_path / "mnt"
+    argv = ["train", str(prepared_root), "--out", str(mnt / "m"), *TINY, "fold=0", "model=resnet10t",
+            "train.epochs=1", "train.batch_size=16", "tracking.wandb=disabled"]  # fmt: skip
+    full, again = _on_tmpfs(
+        tmp_path, "12m", [{"argv": argv}, {"argv": argv, "remount": "size=256m"}]
+    )
+    assert full["rc"] == 2, full["err"]
+    # training's own progress lines come first; the failure is one line, no traceback
+    assert "Traceback" not in full["err"]
+    msg = one_line(full["err"].strip().splitlines()[-1])
+    assert msg.endswith("no space left on device; free space and run again"), msg
+    assert str(mnt / "m") in msg
+    assert _temps(full["left"]) == [], full["left"]
+    assert again["rc"] == 0, again["err"]
+    assert "m/model.safetensors" in again["left"] and _temps(again["left"]) == []
+
+
+@pytest.mark.parametrize("stage", ["predict", "submission"])
+def test_full_disk_during_predict_and_submission_is_one_line(
+    stage: str, prepared_root: Path, trained_member: Path, tmp_path: Path
+):
+    mnt = tmp_path / "mnt"
+    probs = _probs(prepared_root, tmp_path / "p.csv", 0)
+    argv = {
+        "predict": ["predict", str(prepared_root), "--model", str(trained_member), "--out",
+                    str(mnt / "pred"), *TINY],
+        "submission": ["submission", str(prepared_root), "--probs", str(probs), "--out",
+                       str(mnt / "subs"), "--candidate", "soft"],
+    }[stage]  # fmt: skip
+    full, again = _on_tmpfs(tmp_path, "8k", [{"argv": argv}, {"argv": argv, "remount": "size=16m"}])
+    assert full["rc"] == 2, full["err"]
+    msg = one_line(full["err"])
+    assert msg.startswith(str(mnt)) and "no space left on device" in msg, msg
+    assert _temps(full["left"]) == [], full["left"]
+    assert not [f for f in full["left"] if f.endswith(".lineage.json")], full["left"]  # no orphan
+    assert again["rc"] == 0, again["err"]
+    if stage == "submission":  # with space, latest points at a complete submission
+        assert "subs/submissions/latest.json" in again["left"]
+
+
+READ_ONLY = {
+    "prepare": lambda data, prep, model, probs, mnt: ["prepare", data, "--out", mnt / "prep", *TINY],
+    "train": lambda data, prep, model, probs, mnt: ["train", prep, "--out", mnt / "m", *TINY, "fold=0"],
+    "predict": lambda data, prep, model, probs, mnt: ["predict", prep, "--model", model, "--out", mnt / "pred", *TINY],
+    "submission": lambda data, prep, model, probs, mnt: ["submission", prep, "--probs", probs, "--out", mnt / "s"],
+    "tta-ablation": lambda data, prep, model, probs, mnt: ["tta-ablation", model, "--out", mnt / "abl"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", sorted(READ_ONLY))
+def test_read_only_output_folder_is_one_line(
+    stage: str, sample_root: Path, prepared_root: Path, trained_member: Path, tmp_path: Path
+):
+    """A read-only output file system (root ignores chmod, so a real read-only tmpfs): one line
+    ``<path>: read-only file system``, exit 2."""
+    mnt = tmp_path / "mnt"
+    probs = _probs(prepared_root, tmp_path / "p.csv", 0)
+    argv = READ_ONLY[stage](sample_root, prepared_root, trained_member, probs, mnt)
+    (res,) = _on_tmpfs(tmp_path, "1m", [{"argv": [str(a) for a in argv], "remount": "ro"}])
+    assert res["rc"] == 2, res["err"]
+    msg = one_line(res["err"])
+    assert msg.startswith(str(mnt)) and msg.endswith(": read-only file system"), msg
+
+
+# ---------------------------------------------------------------- a killed run's temporaries
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_killed_prepare_leaves_a_temporary_that_the_next_run_removes(
+    sample_root: Path, tmp_path: Path
+):
+    """SIGKILL while the prepared folder is being built: its temporary stays (nothing can clean up
+    after SIGKILL); the next prepare removes it, but not a live run's temporary, nor names docsort
+    does not make."""
+    import signal
+    import time
+
+    from docsort.atomic import owner_tag
+
+    out = tmp_path / "prep"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "docsort.cli", "prepare", str(sample_root), "--out", str(out), *TINY],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".prep.*.tmp")) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = list(tmp_path.glob(".prep.*.tmp"))
+    if not killed:
+        pytest.skip("prepare finished before it could be killed")
+    assert not out.exists()
+    host = owner_tag().rsplit("-", 1)[0]
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        kept = [
+            tmp_path / f".prep.{host}-{live.pid}.abcd1234.tmp",  # a concurrent run, alive
+            tmp_path / ".prep.notes.tmp",  # not a name docsort makes
+            tmp_path / f".prep.otherhost-{_dead_pid()}.abcd1234.tmp",  # another machine's run
+        ]
+        for k in kept:
+            k.mkdir()
+        rc, _, err = run_cli(["prepare", str(sample_root), "--out", str(out), *TINY])
+        assert rc == 0, err
+        assert not any(p.exists() for p in killed)
+        assert all(k.is_dir() for k in kept)
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_killed_submission_leaves_no_temporary_for_long(prepared_root: Path, tmp_path: Path):
+    """Temporaries of a submission killed mid-write (named for a dead process) are removed by the
+    next submission to the same folder."""
+    from docsort.atomic import owner_tag
+
+    probs = _probs(prepared_root, tmp_path / "p.csv", 0)
+    out = tmp_path / "subs"
+    assert _submit(prepared_root, probs, str(out), "first")[0] == 0
+    host = owner_tag().rsplit("-", 1)[0]
+    dead = _dead_pid()
+    stale = [
+        out / "submissions" / f".latest.json.{host}-{dead}.0a1b2c3d.tmp",
+        out / "submissions" / f".latest.json.{host}-{dead}.9f8e7d6c.tmp",
+    ]
+    stale[0].mkdir()
+    (stale[0] / "latest.json").write_text("{")
+    stale[1].write_text("{")
+    assert _submit(prepared_root, probs, str(out), "second")[0] == 0
+    assert not any(p.exists() for p in stale)
+    assert [p.name for p in (out / "submissions").iterdir() if p.name.startswith(".")] == []

@@ -24,6 +24,7 @@ from pathlib import Path
 import kubernetes_validate
 import pandas as pd
 import pytest
+import re2
 import yaml
 from kubeflow_katib_api.models import IoK8sApiCoreV1PodTemplateSpec, V1beta1Experiment
 from kubernetes import client as k8s
@@ -36,26 +37,53 @@ from docsort.sweep import METRICS_FORMAT, SweepFailed
 
 SHIPPED = sweep.list_spaces()
 
+
+@pytest.fixture(autouse=True)
+def _pod_namespace(tmp_path_factory, monkeypatch):
+    """Run as if in a pod of namespace ``docsort`` (the service account's namespace file)."""
+    path = tmp_path_factory.mktemp("sa") / "namespace"
+    path.write_text("docsort\n")
+    monkeypatch.setattr(katib, "POD_NAMESPACE_FILE", path)
+
+
 # --------------------------------------------------------------------------- Katib's rules
 
 
-def katib_collect(
+def katib_collect_text(
     log_text: str, metric_names: list[str], formats: list[str]
-) -> list[tuple[str, float]]:
-    """Katib's StdOut collector (parseLogsInTextFormat): lines naming a metric, then the regex."""
+) -> list[tuple[str, str]]:
+    """Katib's StdOut collector with Go's RE2 semantics, values as the text it stores.
+
+    kubeflow/katib v0.19.0 pkg/metricscollector/v1beta1/file-metricscollector/
+    file-metricscollector.go, parseLogsInTextFormat: split the log on "\n" only, skip
+    lines that contain no metric name, then every FindAllStringSubmatch match of every
+    format gives (TrimSpace(group 1), TrimSpace(group 2)) for a known metric name.
+    """
     found = []
-    regexes = [re.compile(f) for f in formats]
+    regexes = [re2.compile(f) for f in formats]
     for line in log_text.split("\n"):
         if not any(m in line for m in metric_names):
             continue
         for reg in regexes:
             for match in reg.finditer(line):
-                if len(match.groups()) < 2:
+                if reg.groups < 2:
                     continue
-                name, value = match.group(1).strip(), match.group(2).strip()
+                name, value = match.group(1).strip(GO_SPACE), (match.group(2) or "").strip(GO_SPACE)
                 if name in metric_names:
-                    found.append((name, float(value)))
+                    found.append((name, value))
     return found
+
+
+GO_SPACE = " \t\n\v\f\r\x85\xa0"  # strings.TrimSpace (unicode.IsSpace, Latin-1 part)
+
+
+def katib_collect(
+    log_text: str, metric_names: list[str], formats: list[str]
+) -> list[tuple[str, float]]:
+    """:func:`katib_collect_text` with values as numbers; the early-stopping path of the
+    collector (cmd/metricscollector/v1beta1/file-metricscollector/main.go) exits on a
+    value strconv.ParseFloat refuses, so every value must parse."""
+    return [(n, float(v)) for n, v in katib_collect_text(log_text, metric_names, formats)]
 
 
 def webhook_errors(exp: dict) -> list[str]:
@@ -186,8 +214,12 @@ val_loss=0.5123
 2024-05-01T12:00:00.123Z val_macro_f1=0.8400
 val_loss=1e-05
 val_macro_f1=nan
+val_loss=inf
 INFO val_macro_f1=0.99 (best)
 wandb:  val_macro_f1 0.8312
+\rfold0 epoch 3/3:  33%|###  | 1/3 [00:01<00:02, val_macro_f1=0.7]\r       \rval_macro_f1=0.8500
+\rfold0 epoch 3/3:  66%|###  | 2/3 [00:01<00:02, val_macro_f1=0.7]
+val_loss=0.4000\r
 """
 
 
@@ -195,7 +227,7 @@ def test_metric_regex_reads_our_lines_and_nothing_else():
     found = katib_collect(SAMPLE_STDOUT, ["val_macro_f1", "val_loss"], [METRICS_FORMAT])
     assert found == [
         ("val_macro_f1", 0.412), ("val_loss", 1.9031), ("val_macro_f1", 0.8312), ("val_loss", 0.5123),
-        ("val_macro_f1", 0.84), ("val_loss", 1e-05),
+        ("val_macro_f1", 0.84), ("val_loss", 1e-05), ("val_macro_f1", 0.85), ("val_loss", 0.4),
     ]  # fmt: skip
     # the local twin parses line by line with the same regex
     local = [sweep.parse_metric_line(ln) for ln in SAMPLE_STDOUT.splitlines()]

@@ -33,6 +33,7 @@ def test_pipeline_compiles_and_reads_back(path, tmp_path):
         assert "pip install" not in " ".join(container.get("command", []))
 
 
+@pytest.mark.slow  # kfp.local end to end
 def test_demo_pipeline_runs_locally_end_to_end(tmp_path):
     tiny = "data.image_size=40 data.num_folds=2"
     params = {

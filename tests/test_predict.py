@@ -127,9 +127,10 @@ def test_sigkilled_run_resumes_to_identical_results(
     _assert_same_outputs(out, uninterrupted)
 
 
-def test_partial_results_of_other_settings_are_discarded(
-    member_dir, prepared_root, uninterrupted, tmp_path, capsys
+def test_partial_results_of_other_settings_are_refused_then_discarded_with_overwrite(
+    member_dir, prepared_root, uninterrupted, tmp_path
 ):
+    """Shards of another run's views never pass for this run's: refused, or discarded on request."""
     out = tmp_path / "pred"
     with pytest.raises(Interrupt):
         predict(
@@ -139,23 +140,38 @@ def test_partial_results_of_other_settings_are_discarded(
             [*SHARDED, "tta.views=[identity]"],
             on_shard=_stop_after(1),
         )
-    capsys.readouterr()
-    predict(prepared_root, member_dir, out, SHARDED)
-    assert "discarding partial results" in capsys.readouterr().err
+    with pytest.raises(DocsortError, match=r"tta.views=\[identity\]; this run asks tta.views="):
+        predict(prepared_root, member_dir, out, SHARDED)
+    assert len(list((out / "partial").glob("shard-*.npy"))) == 1  # kept: the user may resume it
+    predict(prepared_root, member_dir, out, SHARDED, overwrite=True)
     assert json.loads((out / "predict.json").read_text())["resumed_shards"] == 0
+    _assert_same_outputs(out, uninterrupted)
+
+
+def test_resume_keeps_the_shard_layout_it_began_with(
+    member_dir, prepared_root, uninterrupted, tmp_path
+):
+    """tta.shard_size is not part of the identity: a resume continues with the recorded layout."""
+    out = tmp_path / "pred"
+    with pytest.raises(Interrupt):
+        predict(prepared_root, member_dir, out, SHARDED, on_shard=_stop_after(2))
+    predict(prepared_root, member_dir, out, [*SHARDED, "tta.shard_size=5", "tta.batch_size=2"])
+    info = json.loads((out / "predict.json").read_text())
+    assert info["resumed_shards"] == 2 and info["shard_size"] == 8
     _assert_same_outputs(out, uninterrupted)
 
 
 def test_rerun_of_a_complete_prediction_does_nothing(member_dir, prepared_root, tmp_path, capsys):
     out = predict(prepared_root, member_dir, tmp_path / "pred", [*SHARDED, "tta.views=[identity]"])
-    before = (out / "probs.csv").stat().st_mtime_ns
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     capsys.readouterr()
-    predict(prepared_root, member_dir, out, [*SHARDED, "tta.views=[identity]"])
+    predict(prepared_root, member_dir, out, [*SHARDED, "tta.views=[identity]", "threads=1"])
     assert "already complete" in capsys.readouterr().err
-    assert (out / "probs.csv").stat().st_mtime_ns == before
-    predict(
-        prepared_root, member_dir, out, [*SHARDED, "tta.views=[rot90]"]
-    )  # other settings: predicted again
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    with pytest.raises(DocsortError, match="use --overwrite"):  # other settings: refused
+        predict(prepared_root, member_dir, out, [*SHARDED, "tta.views=[rot90]"])
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    predict(prepared_root, member_dir, out, [*SHARDED, "tta.views=[rot90]"], overwrite=True)
     assert np.load(out / "views.npz").files == ["ids", "rot90"]
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from docsort.cli import main
+from docsort.outputs import MARKER
 from docsort.prepared import Prepared
 from tests.conftest import TINY
 from tests.review_fakes import fake_candidate, one_hot
@@ -73,7 +74,7 @@ def test_add_and_mark_record_verdicts(data, capsys):
     assert [h["action"] for h in history] == ["add", "mark"]
     assert history[1]["before"]["kind"] == "hard" and history[1]["after"]["kind"] == "ambiguous"
     assert not [
-        p for p in data.iterdir() if p.name.startswith(".")
+        p for p in data.iterdir() if p.name.startswith(".") and p.name != MARKER
     ]  # atomic rewrite: no temp files left
 
 
@@ -251,11 +252,14 @@ def test_compare_side_by_side_with_candidate_folders(prepared_root, tmp_path, ca
 def test_compare_without_hard_cases_falls_back_to_oof(prepared_root, tmp_path, capsys):
     from docsort.stages import compare_hardcases
 
-    prep_copy = shutil.copytree(prepared_root, tmp_path / "prep")
-    (prep_copy / "hardcases.csv").unlink()
-    p = np.full((len(Prepared(prep_copy).test_ids), 17), 1 / 17)
-    fake_candidate(tmp_path / "c" / "x", "x", Prepared(prep_copy).test_ids, p, oof_macro_f1=0.7)
-    fake_candidate(tmp_path / "c" / "y", "y", Prepared(prep_copy).test_ids, p, oof_macro_f1=0.8)
-    out = compare_hardcases(prep_copy, [tmp_path / "c"], tmp_path / "cmp")
+    prep = Prepared(prepared_root)
+    none = tmp_path / "hardcases.csv"
+    none.write_text("ID,target,note,kind\n")  # the user's file, with no verdict yet
+    p = np.full((len(prep.test_ids), 17), 1 / 17)
+    fake_candidate(tmp_path / "c" / "x", "x", prep.test_ids, p, oof_macro_f1=0.7)
+    fake_candidate(tmp_path / "c" / "y", "y", prep.test_ids, p, oof_macro_f1=0.8)
+    out = compare_hardcases(prepared_root, [tmp_path / "c"], tmp_path / "cmp", hardcases=none)
     assert json.loads((out / "winner.json").read_text())["winner"] == "y"
-    assert (out / "comparison.txt").read_text().startswith("No hard case is a test image")
+    text = (out / "comparison.txt").read_text().splitlines()
+    assert text[0] == f"hard cases: {none} (0 verdicts, 0 used)"
+    assert text[2].startswith("No hard case is a test image")

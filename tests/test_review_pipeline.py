@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from docsort.pipeline_runner import compile_pipeline, run_local
 from docsort.stages import ensemble
@@ -14,6 +15,7 @@ from docsort.stages import ensemble
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "submission.py"
 
 
+@pytest.mark.slow  # kfp.local end to end
 def test_submission_pipeline_runs_locally(trained_member, prepared_root, sample_root, tmp_path):
     # Two candidates from one member: without TTA, and with the rot90 view (the "1814 vs 1824" choice).
     specs = []

@@ -44,6 +44,7 @@ def test_layout_and_csv_columns(sample: Path) -> None:
         "sample_submission.csv",
         "test_labels.csv",
         "hardcases.csv",
+        ".docsort",  # marks the folder as docsort's own output
     }
     cols, meta = _rows(sample / "meta.csv")
     assert cols == ["target", "class_name"]

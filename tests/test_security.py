@@ -451,3 +451,98 @@ def test_leak_search_would_find_a_leak():
     assert _leaks(urllib.parse.quote(FAKE["KF_PIPELINES_TOKEN"] + "/x").encode(), FAKE) == [
         "KF_PIPELINES_TOKEN"
     ]
+
+
+# ---------------------------------------------------------------- what reaches the terminal
+
+
+def test_a_password_in_the_host_url_is_not_echoed():
+    """`docsort submit --host http://user:pw@...` to an endpoint that is down: the error names the
+    host with the password replaced."""
+    password = "pw-Hq83nVx"
+    rc, out, err = run_cli(
+        ["submit", str(REPO / "pipelines" / "train.py"), "--host", f"http://user:{password}@127.0.0.1:9/",
+         "--param", "data_uri=s3://bucket/data"]
+    )  # fmt: skip
+    assert rc == 2
+    msg = one_line(err)
+    assert "http://user:***@127.0.0.1:9/" in msg, msg
+    assert password not in err + out
+
+
+def test_redact_and_printable(monkeypatch: pytest.MonkeyPatch, caplog):
+    from docsort.errors import printable, redact, safe_log_records, safe_text
+
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-key-5oTq0Zr1")
+    caplog.set_level(logging.DEBUG)
+    with safe_log_records():
+        logging.getLogger("botocore.x").debug(
+            "GET %s key %s", "https://h/k?Signature=s1g", "wandb-key-5oTq0Zr1"
+        )
+    assert "GET https://h/k?Signature=*** key ***" in caplog.text and "s1g" not in caplog.text
+
+    assert redact("s3://AKIA:sec/ret@minio:9000/b and https://u:p@h/x") == (
+        "s3://AKIA:***@minio:9000/b and https://u:***@h/x"
+    )
+    url = (
+        "https://b.s3.amazonaws.com/k?X-Amz-Credential=AK%2F1&X-Amz-Signature=abc123&token=t0k&x=1"
+    )
+    assert redact(url) == (
+        "https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***&token=***&x=1"
+    )
+    assert redact("http://127.0.0.1:9/x and user@example.com") == (
+        "http://127.0.0.1:9/x and user@example.com"
+    )
+    assert printable("a\x1b[2Jb\rc\x07d\te\nf") == "a\\x1b[2Jb\\rc\\x07d\te\nf"
+    assert safe_text("\x1b[31mred\x1b[0m \x1b]0;title\x07", keep_color=True) == (
+        "\x1b[31mred\x1b[0m \\x1b]0;title\\x07"
+    )
+    assert printable(printable("\x1b")) == printable("\x1b")  # escaping twice changes nothing
+
+
+HOSTILE = "account\x1b]0;pwned\x07\x1b[2J\x1b[1A_number"
+
+
+@pytest.fixture
+def hostile_data(sample_root: Path, tmp_path: Path) -> Path:
+    """The sample dataset with a class name carrying terminal escapes (title, clear, cursor up)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_root, data)
+    meta = (data / "meta.csv").read_text(encoding="utf-8")
+    (data / "meta.csv").write_text(meta.replace(",account_number", f",{HOSTILE}"), encoding="utf-8")
+    assert HOSTILE in (data / "meta.csv").read_text(encoding="utf-8")
+    return data
+
+
+def _no_raw_escapes(text: str) -> None:
+    assert "\x1b]" not in text and "\x1b[2J" not in text and "\x07" not in text and "\r" not in text
+
+
+def test_class_names_with_terminal_escapes_are_printed_escaped(hostile_data: Path, tmp_path: Path):
+    """The class name reaches the terminal as ``\\x1b]0;pwned...`` text: in a one-line error
+    (fewer images than folds) and in the hard-case table that `hardcases compare` prints."""
+    from tests.review_fakes import fake_candidate, one_hot
+
+    rc, out, err = run_cli(
+        ["prepare", str(hostile_data), "--out", str(tmp_path / "p0"), "data.num_folds=40"]
+    )
+    assert rc == 2
+    msg = one_line(err)
+    _no_raw_escapes(err + out)
+    assert "class 0 (account\\x1b]0;pwned\\x07\\x1b[2J\\x1b[1A_number)" in msg, msg
+
+    prep = tmp_path / "prep"
+    rc, out, err = run_cli(["prepare", str(hostile_data), "--out", str(prep), *TINY])
+    assert rc == 0, err
+    ids = [line.split(",")[0] for line in (prep / "test.csv").read_text().splitlines()[1:]]
+    k = len((prep / "meta.csv").read_text(encoding="utf-8").splitlines()) - 1
+    target = 0  # every test image predicted as the hostile class
+    cand = fake_candidate(tmp_path / "cands" / "c", "c", ids, one_hot([target] * len(ids), k))
+    rc, out, err = run_cli(
+        ["hardcases", "compare", str(cand), "--prepared", str(prep), "--out", str(tmp_path / "cmp")]
+    )
+    assert rc == 0, err
+    assert "account" in out and "pwned" in out  # the table shows the name, made harmless
+    _no_raw_escapes(out + err)

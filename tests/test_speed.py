@@ -131,7 +131,7 @@ def test_invalid_prediction_settings_fail_before_any_work(member_dir, prepared_r
 
     for override, message in (
         ("runtime=tensorflow", "runtime='tensorflow' is not valid; choose from: torch, onnx"),
-        ("tta.shard_size=0", "tta.shard_size=0 must be an integer >= 1"),
+        ("tta.shard_size=0", "tta.shard_size=0 must be >= 1"),
         ("tta.batch_size=-3", "tta.batch_size=-3 must be >= 1 or auto"),
     ):
         with pytest.raises(ConfigError, match=message):

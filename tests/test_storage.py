@@ -14,6 +14,7 @@ import pytest
 
 from docsort import storage
 from docsort.errors import ConfigError, DocsortError
+from docsort.outputs import MARKER
 
 
 def _raw_s3():
@@ -94,7 +95,7 @@ def test_localize_mirrors_a_dataset_prefix_and_reuses_it(s3_server, tmp_path):
     got = {
         p.relative_to(local).as_posix(): p.read_bytes()
         for p in local.rglob("*")
-        if p.is_file() and p.name != storage.MANIFEST
+        if p.is_file() and p.name not in (storage.MANIFEST, MARKER)
     }
     assert got == files
     assert [p.name for p in cache.glob(f"{s3_server.bucket}/datasets/.*")] == []  # no temp left

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from docsort import sweep, sweep_local
-from docsort.errors import ConfigError
+from docsort.errors import ConfigError, DocsortError
 from docsort.sweep import SweepFailed, load_space, run_local_sweep
 
 FAKE_TRAINER = textwrap.dedent(
@@ -117,7 +117,7 @@ def test_yaml_numbers_without_a_dot_are_accepted(tmp_path: Path):
     ("change", "message"),
     [
         ({"algorithm": {"name": "bayes"}}, "choose from ['bayesianoptimization', 'cmaes', 'grid', 'hyperband'"),
-        ({"algorithm": {"name": "tpe", "settings": {"n_trials": 3}}}, "unknown key(s) ['n_trials']"),
+        ({"algorithm": {"name": "tpe", "settings": {"n_trials": 3}}}, "hyperopt suggestion service, which refuses setting 'n_trials'"),
         ({"parameters": [{"name": "train.lr", "type": "double", "min": 0.1, "max": 0.1}]}, "min (0.1) must be < max"),
         ({"parameters": [{"name": "train.lr", "type": "double", "min": 0, "max": 1, "log": True}]}, "log scale needs min > 0"),
         ({"parameters": [{"name": "train.lr", "type": "float", "min": 0, "max": 1}]}, "choose from ['double', 'int', 'categorical']"),
@@ -134,6 +134,9 @@ def test_yaml_numbers_without_a_dot_are_accepted(tmp_path: Path):
         ({"trial": {"image": "tpu"}}, "choose from ['cpu', 'gpu']"),
         ({"algorithm": {"name": "grid"}}, "grid needs a step for double parameter 'train.lr'"),
         ({"algorithm": {"name": "hyperband", "settings": {"eta": 3}}, "early_stopping": None}, "needs algorithm.settings ['r_l', 'resource_name']"),
+        ({"algorithm": {"name": "cmaes"}}, "cmaes needs at least two double or int parameters"),
+        ({"algorithm": {"name": "grid"}, "parameters": [{"name": "model", "type": "categorical", "list": ["a", "b"]}]},
+         "grid has 2 points but max_trial_count is 12"),
     ],
 )  # fmt: skip
 def test_invalid_spaces_fail_before_any_trial_naming_the_valid_choices(change, message):
@@ -181,15 +184,17 @@ def test_trial_overrides_put_params_last_and_let_a_later_key_win():
     ("algorithm", "settings", "sampler"),
     [
         ("random", {"random_state": 1}, optuna.samplers.RandomSampler),
-        ("tpe", {"n_startup_trials": 3}, optuna.samplers.TPESampler),
-        ("multivariate-tpe", {}, optuna.samplers.TPESampler),
+        ("tpe", {"n_EI_candidates": 3}, optuna.samplers.TPESampler),
+        ("multivariate-tpe", {"n_startup_trials": 3}, optuna.samplers.TPESampler),
         ("cmaes", {"sigma": 0.5}, optuna.samplers.CmaEsSampler),
+        ("sobol", {}, optuna.samplers.QMCSampler),
         ("bayesianoptimization", {"n_initial_points": 4}, optuna.samplers.GPSampler),
         ("grid", {}, optuna.samplers.GridSampler),
     ],
 )
 def test_each_katib_algorithm_maps_to_its_optuna_sampler(algorithm, settings, sampler):
     params = [{"name": "train.lr", "type": "double", "min": 0.001, "max": 0.01, "step": 0.003},
+              {"name": "train.label_smoothing", "type": "double", "min": 0.0, "max": 0.2, "step": 0.1},
               {"name": "model", "type": "categorical", "list": ["a", "b"]}]  # fmt: skip
     sp = load_space(
         space_dict(algorithm={"name": algorithm, "settings": settings}, parameters=params)
@@ -198,6 +203,7 @@ def test_each_katib_algorithm_maps_to_its_optuna_sampler(algorithm, settings, sa
     if algorithm == "grid":
         assert sweep_local.grid_values(sp) == {
             "train.lr": [0.001, 0.004, 0.007, 0.01],
+            "train.label_smoothing": [0.0, 0.1, 0.2],
             "model": ["a", "b"],
         }
 
@@ -264,7 +270,9 @@ def test_median_pruner_judges_once_at_start_step_like_katib_medianstop():
 
 def test_local_sweep_prunes_bad_trials_and_returns_the_best_params(tmp_path: Path, fake_command):
     out = tmp_path / "sweep"
-    result = run_local_sweep(str(tmp_path), space_dict(), out, command=fake_command)
+    prep = tmp_path / "prep"  # the trials are fake: any folder beside the output will do
+    prep.mkdir()
+    result = run_local_sweep(str(prep), space_dict(), out, command=fake_command)
 
     table = pd.read_csv(out / "trials.csv")
     assert len(table) == 12
@@ -305,7 +313,7 @@ def test_local_sweep_prunes_bad_trials_and_returns_the_best_params(tmp_path: Pat
     # each trial got the same argv shape as `docsort train`, with unbuffered output
     seen = json.loads((out / "trials" / "trial-000" / "argv.json").read_text())
     assert seen["unbuffered"] == "1"
-    assert seen["args"][:3] == [str(tmp_path), "--out", str(out / "trials" / "trial-000")]
+    assert seen["args"][:3] == [str(prep), "--out", str(out / "trials" / "trial-000")]
     assert seen["args"][3:5] == ["fold=0", "train.epochs=6"]
 
 
@@ -343,6 +351,22 @@ def test_goal_reached_stops_the_sweep_early(tmp_path: Path, fake_command):
                        parameters=[{"name": "train.lr", "type": "double", "min": 0.003, "max": 0.0035}])  # fmt: skip
     result = run_local_sweep("prep", space, tmp_path / "s", command=fake_command)
     assert len(result.trials) == 1 and result.value >= 0.5
+
+
+def test_a_second_sweep_into_the_same_folder_is_refused_and_keeps_the_trials(
+    tmp_path: Path, fake_command
+):
+    from tests.scenario import snapshot
+
+    space = space_dict(objective={"metric": "val_macro_f1", "type": "maximize", "goal": 0.5},
+                       early_stopping=None,
+                       parameters=[{"name": "train.lr", "type": "double", "min": 0.003, "max": 0.0035}])  # fmt: skip
+    run_local_sweep("prep", space, tmp_path / "s", command=fake_command)
+    before = snapshot(tmp_path / "s")
+    with pytest.raises(DocsortError, match="trials of an earlier sweep") as err:
+        run_local_sweep("prep", space, tmp_path / "s", command=fake_command)
+    assert "trial-000" in str(err.value)
+    assert snapshot(tmp_path / "s") == before
 
 
 def test_trials_without_metric_lines_or_over_time_fail_with_a_reason(tmp_path: Path, fake_command):

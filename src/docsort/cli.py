@@ -8,12 +8,13 @@ ends with one ``docsort: error: ...`` line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from docsort.errors import DocsortError
+from docsort.errors import DocsortError, SafeStream, from_os_error, safe_log_records, safe_text
 
 # Modules that add subcommands: each has ``register(sub, add)`` and sets ``func`` on its parsers.
 EXTENSIONS: tuple[str, ...] = (
@@ -66,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("prepared")
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again when --out holds other work (removes only what docsort wrote there)",
+    )
 
     p = _add(
         sub,
@@ -77,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a model folder written by `docsort train`")
     p.add_argument("--out", required=True)
     p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again when --out holds other work (removes only what docsort wrote there)",
+    )
 
     p = _add(
         sub,
@@ -86,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prepared")
     p.add_argument("--probs", required=True, help="probs.csv of the chosen candidate")
     p.add_argument("--out", required=True, help="output root: folder or s3:// prefix")
-    p.add_argument("--candidate", default="candidate")
+    p.add_argument(
+        "--candidate",
+        default=None,
+        help="name in the version (default: the candidate spec's name beside --probs)",
+    )
 
     p = _add(sub, "run", "Run a pipeline file end to end (locally with kfp.local).")
     p.add_argument("pipeline")
@@ -107,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    from docsort.cli_cluster import add_compile_options
+
+    add_compile_options(p)
 
     p = _add(
         sub,
@@ -139,20 +157,23 @@ def _run(args: argparse.Namespace) -> int:
     elif cmd == "train":
         from docsort.train import train
 
-        out = train(args.prepared, args.out, args.overrides)
+        out = train(args.prepared, args.out, args.overrides, overwrite=args.overwrite)
         print(f"model written to {out}", file=sys.stderr)
     elif cmd == "predict":
         from docsort.predict import predict
 
-        print(
-            f"predictions written to {predict(args.prepared, args.model, args.out, args.overrides, split=args.split)}"
-        )
+        out = predict(args.prepared, args.model, args.out, args.overrides, split=args.split,
+                      overwrite=args.overwrite)  # fmt: skip
+        print(f"predictions written to {out}")
     elif cmd == "submission":
-        from docsort.submit import submit
+        from docsort.submit import lineage_of, submit
 
         print(
             f"submission written to {submit(args.prepared, args.probs, args.out, candidate=args.candidate)}"
         )
+        note = lineage_of(args.probs).get("spec_note")
+        if note:
+            print(f"lineage: spec null ({note})", file=sys.stderr)
     elif cmd == "run":
         from docsort.pipeline_runner import load_pipeline, parse_params, run_local
 
@@ -166,10 +187,16 @@ def _run(args: argparse.Namespace) -> int:
         if output is not None:
             print(f"pipeline output: {output.path}")
     elif cmd == "compile":
+        from docsort.components.k8s import use_profile
         from docsort.pipeline_runner import compile_pipeline, load_pipeline, parse_params
 
-        params = parse_params(args.param, load_pipeline(args.pipeline))
-        print(f"compiled to {compile_pipeline(args.pipeline, args.output, params)}")
+        with use_profile(args.k8s_profile):
+            params = parse_params(args.param, load_pipeline(args.pipeline))
+            out = compile_pipeline(
+                args.pipeline, args.output, params,
+                image_registry=args.image_registry, image_tag=args.image_tag,
+            )  # fmt: skip
+        print(f"compiled to {out}")
     elif cmd == "demo":
         from docsort.demo import run_demo
 
@@ -187,10 +214,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
-        return _run(args)
+        # names from the user's files (class names, IDs) reach the terminal escaped
+        with contextlib.redirect_stdout(SafeStream(sys.stdout)), safe_log_records():
+            return _run(args)
     except DocsortError as err:
-        print(f"docsort: error: {err}", file=sys.stderr)
+        print(f"docsort: error: {safe_text(str(err))}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a full disk or a read-only folder outside any stage's guard
+        print(f"docsort: error: {from_os_error(err)}", file=sys.stderr)
+        return DocsortError.exit_code
     except KeyboardInterrupt:
         print("docsort: interrupted", file=sys.stderr)
         return 130

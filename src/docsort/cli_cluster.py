@@ -55,7 +55,7 @@ def register(sub, add) -> None:
     p.add_argument(
         "--out",
         default="sweep-out",
-        help="where trials.csv, best.json and (local) trial folders go",
+        help="where trials.csv, best.json and trials/<trial>/ go (katib: an s3:// prefix keeps the trials' members)",
     )
     p.add_argument("--parallel", type=int, default=1, metavar="N", help="local: trials run at once")
     p.add_argument(
@@ -63,10 +63,12 @@ def register(sub, add) -> None:
         type=float,
         default=None,
         metavar="S",
-        help="local: stop starting trials after S seconds; katib: wait at most S seconds (default 6 h)",
+        help="local: stop starting trials after S seconds; katib: wait at most S seconds (default: the Experiment's worst case)",
     )
     p.add_argument(
-        "--namespace", default="docsort", help="katib: namespace of the Experiment and its trials"
+        "--namespace",
+        default="",
+        help="katib: namespace of the Experiment and its trials (default: this pod's namespace)",
     )
     p.add_argument(
         "--name",
@@ -127,18 +129,18 @@ def register(sub, add) -> None:
             metavar="NAME=VALUE",
             help="pipeline input; repeatable",
         )
-        p.add_argument("--namespace", default=None, help="KFP namespace (multi-user Kubeflow only)")
+        p.add_argument(
+            "--namespace",
+            default=None,
+            help="Kubeflow profile namespace of the run (multi-user Kubeflow; default: the KFP "
+            "client's own, from its context or the pod it runs in; single-user KFP: none)",
+        )
         p.add_argument(
             "--service-account",
             default="docsort-pipeline",
             help="service account of the run's pods (k8s/base creates docsort-pipeline); '' = KFP's default",
         )
-        p.add_argument(
-            "--k8s-profile",
-            default=None,
-            metavar="NAME",
-            help="Kubernetes task settings to compile with: a name in conf/k8s (default, cpu) or a YAML path",
-        )
+        add_compile_options(p)
         p.add_argument(
             "--no-cache",
             action="store_true",
@@ -192,6 +194,7 @@ def _sweep(args: argparse.Namespace) -> int:
             gpu=args.gpu,
             n_trials=args.trials,
             pod=pod,
+            trials_uri=storage.join(args.out, "trials") if storage.is_s3(args.out) else None,
         )
         if args.dry_run:
             sys.stdout.write(sweep.dry_run_yaml(args.prepared, args.space, **common))
@@ -200,7 +203,7 @@ def _sweep(args: argparse.Namespace) -> int:
             args.prepared,
             args.space,
             args.out,
-            timeout_s=args.timeout or 6 * 3600,
+            timeout_s=args.timeout,
             kubeconfig=args.kubeconfig,
             **common,
         )
@@ -227,6 +230,30 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_compile_options(p: argparse.ArgumentParser) -> None:
+    """``--k8s-profile`` and the image setting, shared by ``compile``, ``submit`` and ``schedule``."""
+    p.add_argument(
+        "--k8s-profile",
+        default=None,
+        metavar="NAME",
+        help="Kubernetes task settings to compile with: a name in conf/k8s (default, cpu) or a YAML path",
+    )
+    p.add_argument(
+        "--image-registry",
+        default=None,
+        metavar="REGISTRY",
+        help="registry of the docsort images, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com "
+        "(default: $DOCSORT_IMAGE_REGISTRY, then conf/images.yaml); skaffold's --default-repo "
+        "takes the same value",
+    )
+    p.add_argument(
+        "--image-tag",
+        default=None,
+        metavar="TAG",
+        help="tag of the docsort images (default: $DOCSORT_IMAGE_TAG, then conf/images.yaml)",
+    )
+
+
 def _common(args: argparse.Namespace) -> dict:
     if not args.host:
         raise ConfigError(
@@ -235,6 +262,7 @@ def _common(args: argparse.Namespace) -> dict:
     return dict(
         host=args.host, experiment=args.experiment, params=args.param, namespace=args.namespace,
         service_account=args.service_account or None, enable_caching=False if args.no_cache else None,
+        image_registry=args.image_registry, image_tag=args.image_tag,
     )  # fmt: skip
 
 

@@ -7,7 +7,6 @@ function and prints what a person needs to read or do next.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -17,6 +16,16 @@ MERGES = ("mean", "geomean", "logits")
 
 def _merge_option(p: argparse.ArgumentParser, flag: str, what: str) -> None:
     p.add_argument(flag, choices=MERGES, default="mean", help=f"{what} (default: mean)")
+
+
+def _hardcases_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--hardcases",
+        default=None,
+        metavar="FILE",
+        help="hard-case verdicts to use (default: hardcases.csv in the data root the prepared "
+        "folder was made from, as it is now)",
+    )
 
 
 def register(sub, add) -> None:
@@ -107,6 +116,14 @@ def register(sub, add) -> None:
     c.add_argument("--prepared", required=True)
     c.add_argument("--out", required=True, help="output root: folder or s3:// prefix")
     c.set_defaults(func=_candidate_submit)
+    c = cs.add_parser(
+        "upload",
+        help="Copy a candidate spec and its members' checkpoints to S3 for the nightly pipeline.",
+        description="Upload each member to DEST/members/<name>/ and write DEST/candidate.yaml naming them.",
+    )
+    c.add_argument("spec", help="candidate.yaml written by `docsort ensemble`")
+    c.add_argument("dest", help="new prefix, e.g. s3://docsort-results/candidates/soft-2026-06-01")
+    c.set_defaults(func=_candidate_upload)
 
     p = add(
         sub, "hardcases", "Hard-case workflow: mine proposals, record verdicts, compare candidates."
@@ -122,6 +139,7 @@ def register(sub, add) -> None:
     )
     c.add_argument("--prepared", required=True)
     c.add_argument("--out", required=True)
+    _hardcases_option(c)
     c.set_defaults(func=_compare)
     c = hs.add_parser(
         "mine",
@@ -136,7 +154,7 @@ def register(sub, add) -> None:
     c.add_argument(
         "--file",
         default=None,
-        help="hardcases.csv whose rows are left out (default: the prepared copy)",
+        help="hardcases.csv whose rows are left out (default: the data root's current file)",
     )
     c.add_argument("--out", required=True, help="proposals CSV to write")
     c.set_defaults(func=_mine)
@@ -194,6 +212,7 @@ def register(sub, add) -> None:
     p.add_argument(
         "--summary", default=None, help="Markdown summary (default: summary.md beside the HTML)"
     )
+    _hardcases_option(p)
     p.set_defaults(func=_report)
 
 
@@ -218,7 +237,7 @@ def _ensemble(args: argparse.Namespace) -> int:
     if args.views:
         folder = Path(args.views)
         views = (
-            json.loads((folder / "recommended.json").read_text())["views"]
+            _recommended_views(folder)
             if folder.is_dir()
             else [v.strip() for v in args.views.split(",") if v.strip()]
         )
@@ -248,18 +267,59 @@ def _candidate_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _candidate_upload(args: argparse.Namespace) -> int:
+    from docsort.candidate_upload import upload_candidate
+
+    print(f"candidate spec uploaded to {upload_candidate(args.spec, args.dest)}")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from docsort.stages import compare_hardcases
 
-    out = compare_hardcases(args.prepared, args.candidates, args.out)
-    print((out / "comparison.txt").read_text())
+    out = compare_hardcases(args.prepared, args.candidates, args.out, hardcases=args.hardcases)
+    print((out / "comparison.txt").read_text())  # its first line: which hard-case file, how many
     return 0
+
+
+def _recommended_views(folder: Path) -> list[str]:
+    """The views a ``docsort tta-ablation`` folder recommends (its recommended.json), or one line."""
+    import json
+
+    from docsort.errors import DocsortError
+
+    rec = folder / "recommended.json"
+    if not rec.is_file():
+        raise DocsortError(
+            "--views: no recommended.json here; give a `docsort tta-ablation` folder "
+            "or a comma list of views",
+            file=str(folder),
+        )
+    try:
+        views = json.loads(rec.read_text(encoding="utf-8"))["views"]
+    except (OSError, ValueError, KeyError, TypeError):
+        views = None
+    if not isinstance(views, list) or not all(isinstance(v, str) for v in views):
+        raise DocsortError("not a TTA ablation's recommendation (no list of views)", file=str(rec))
+    return views
+
+
+def _at_least_one(option: str, value: int) -> None:
+    """A count option below 1 is refused in one line (argparse only checks that it is an integer)."""
+    if value < 1:
+        from docsort.errors import DocsortError
+
+        raise DocsortError(f"{option} {value} must be an integer >= 1")
 
 
 def _mine(args: argparse.Namespace) -> int:
     from docsort.hardcase_compare import text_table
     from docsort.hardcases import mine, write_proposals
+    from docsort.outputs import check_file, check_outputs
 
+    _at_least_one("--top", args.top)
+    check_outputs([args.out], [args.prepared, *args.candidates, *args.model, args.file])
+    check_file(args.out)
     df = mine(args.prepared, args.candidates, models=args.model, top=args.top, existing=args.file)
     write_proposals(df, args.out)
     rows = [
@@ -308,9 +368,12 @@ def _report(args: argparse.Namespace) -> int:
         comparison=args.comparison,
         ablation=args.ablation,
         on=args.on,
+        hardcases=args.hardcases,
     )
     print(
         f"report on {r.images} images ({r.on}): macro F1 {r.macro_f1:.4f}, accuracy {r.accuracy:.4f}"
     )
+    for line in r.hardcases:
+        print(line)
     print(f"written to {r.html} and {r.summary}")
     return 0

@@ -8,16 +8,19 @@ them minus one; blank lines are skipped without shifting the numbers after them.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import os
 import re
 import warnings
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from docsort.errors import DocsortError
 
@@ -54,33 +57,34 @@ def _rows(df: pd.DataFrame) -> list[int]:
     return list(range(1, len(df) + 1))
 
 
-def read_csv(
-    path: str | Path,
-    columns: tuple[str, ...],
-    *,
-    optional: tuple[str, ...] = (),
-    name: str | None = None,
+def _read_frame(
+    path: Path, name: str, strings: Callable[[str], bool] | None = None
 ) -> pd.DataFrame:
-    """Read a CSV as strings and check it has exactly ``columns`` (plus ``optional`` ones).
+    """A CSV as a frame; blank lines dropped, each row keeping its number.
 
-    ``name`` is how messages call the file (default: its path). The frame's
-    index keeps each row's original position, so blank lines dropped here do
-    not shift the row numbers that :func:`parse_ids` and friends report.
+    Nothing is ever read as a missing value in a string column: ``NA``,
+    ``null``, ``None``, ``nan`` and empty cells stay the strings they are, so
+    an image called ``NA`` keeps its name through every stage. ``strings``
+    picks the string columns (default: all); the others are parsed as numbers
+    by pandas' C parser, an empty cell there being NaN.
     """
-    path = Path(path)
-    name = name or str(path)
     text = _decode_csv(path, name)
     if "\x00" in text:
         raise DocsortError("contains NUL bytes; not a text CSV", file=name)
-    header = next(csv.reader(io.StringIO(text)), [])
-    header = [h.strip() for h in header]
+    raw = next(csv.reader(io.StringIO(text)), [])
+    header = [h.strip() for h in raw]
     dup = next((h for n, h in enumerate(header) if h in header[:n]), None)
     if dup is not None:
         raise DocsortError(f"column {dup!r} appears twice in the header", file=name)
+    if strings is None:
+        how: dict = {"dtype": str, "na_filter": False}
+    else:
+        how = {
+            "dtype": {r: str for r, h in zip(raw, header, strict=True) if strings(h)},
+            "na_values": {r: [""] for r, h in zip(raw, header, strict=True) if not strings(h)},
+        }
     try:
-        df = pd.read_csv(
-            io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False
-        )
+        df = pd.read_csv(io.StringIO(text), keep_default_na=False, skip_blank_lines=False, **how)
     except pd.errors.EmptyDataError:
         raise DocsortError("empty file (no header)", file=name) from None
     except ValueError as err:  # pandas' ParserError is a ValueError
@@ -91,8 +95,30 @@ def read_csv(
                 f"has {m[3]} fields, the header has {m[1]}", file=name, row=int(m[2]) - 1
             ) from None
         raise DocsortError(f"cannot parse CSV: {msg}", file=name) from None
-    got = [c.strip() for c in df.columns]
-    df.columns = got
+    df.columns = [str(c).strip() for c in df.columns]
+    blank = np.ones(len(df), dtype=bool)
+    for col in df.columns:
+        blank &= (df[col].isna() | (df[col] == "")).to_numpy()
+    return df[~blank] if blank.any() else df
+
+
+def read_csv(
+    path: str | Path,
+    columns: tuple[str, ...],
+    *,
+    optional: tuple[str, ...] = (),
+    name: str | None = None,
+) -> pd.DataFrame:
+    """Read a dataset CSV as strings and check it has exactly ``columns`` (plus ``optional`` ones).
+
+    ``name`` is how messages call the file (default: its path). The frame's
+    index keeps each row's original position, so blank lines dropped here do
+    not shift the row numbers that :func:`parse_ids` and friends report.
+    """
+    path = Path(path)
+    name = name or str(path)
+    df = _read_frame(path, name)
+    got = list(df.columns)
     missing = [c for c in columns if c not in got]
     if missing:
         raise DocsortError(
@@ -105,8 +131,54 @@ def read_csv(
             f"unexpected column(s) {', '.join(shown)}; expected {', '.join(columns + optional)}",
             file=name,
         )
-    blank = (df == "").all(axis=1)
-    return df[~blank] if blank.any() else df
+    return df
+
+
+def read_table(
+    path: str | os.PathLike,
+    *,
+    text: Collection[str] | Callable[[str], bool] = (),
+    ids: str | None = "ID",
+    required: Sequence[str] = (),
+    name: str | None = None,
+) -> pd.DataFrame:
+    """Read any table docsort wrote (index.csv, probs.csv, oof.csv, reports, submissions).
+
+    The one reader for docsort's own CSVs, built on the same parser as the
+    dataset readers: the ``ids`` column and the ``text`` columns stay strings
+    and are never missing values (an image called ``NA`` or ``nan`` stays
+    itself); every other column becomes numbers when all its cells parse as
+    numbers (an empty cell there is NaN) and stays strings otherwise. A blank
+    ID and a missing ``required`` column are refused with one line naming the
+    file (and the row).
+    """
+    path = Path(path)
+    name = name or str(path)
+    keep = text if callable(text) else set(text).__contains__
+    is_text = lambda col: col == ids or keep(col)  # noqa: E731
+    df = _read_frame(path, name, strings=is_text)
+    missing = [c for c in ([ids] if ids else []) + list(required) if c not in df.columns]
+    if missing:
+        raise DocsortError(
+            f"missing column(s) {', '.join(missing)}; has {', '.join(df.columns)}", file=name
+        )
+    for col in df.columns:
+        if is_text(col) or pd.api.types.is_numeric_dtype(df[col]):
+            continue
+        # the C parser leaves "nan"/"inf" as text; numbers still, if every cell is one
+        with contextlib.suppress(ValueError, TypeError):  # else a text column: left as strings
+            df[col] = pd.to_numeric(df[col])
+    if ids:
+        refuse_blank(df, ids, file=name)
+    return df
+
+
+def refuse_blank(df: pd.DataFrame, column: str, *, file: str) -> None:
+    """One line naming the first row whose ``column`` is empty (an ID must never be blank)."""
+    blank = df[column].astype(str).str.strip() == ""
+    if blank.any():
+        row = _rows(df)[int(np.flatnonzero(blank.to_numpy())[0])]
+        raise DocsortError(f"empty {column}", file=file, row=row)
 
 
 def check_id(value: str, *, file: str, row: int) -> str:
@@ -297,7 +369,8 @@ def decode_image(
 
     The size is checked from the header, before any pixel is decoded. 16-bit,
     palette and alpha images are accepted: 16-bit is scaled to 8 bits,
-    transparency is composited over white paper.
+    transparency is composited over white paper. EXIF orientation is applied
+    (:func:`upright`).
     """
     if not data:
         raise ImageError("empty file (0 bytes)", file=name)
@@ -313,7 +386,7 @@ def decode_image(
             if draft and im.format == "JPEG":
                 im.draft("L" if channels == 1 else "RGB", (draft, draft))
             im.load()
-            return _to_uint8(im, channels)
+            return _to_uint8(upright(im), channels)
     except DocsortError:
         raise
     except Image.DecompressionBombError as err:
@@ -327,6 +400,19 @@ def decode_image(
     except Exception as err:  # noqa: BLE001 - any decoder failure on untrusted bytes is bad input
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageError(f"unreadable image ({detail})", file=name) from None
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: EXIF ``Orientation`` applied.
+
+    Phone photos and scanner apps store the pixels as the sensor saw them and
+    say in EXIF how to turn them; every viewer honours that, so a person
+    labels the turned page. A broken EXIF block is ignored (the pixels as stored).
+    """
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - untrusted metadata must not refuse a readable image
+        return im
 
 
 def _to_uint8(im: Image.Image, channels: int) -> np.ndarray:

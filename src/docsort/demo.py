@@ -6,8 +6,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
+from docsort.data import read_table
 from docsort.errors import DocsortError
 from docsort.pipeline_runner import load_pipeline, packaged_pipeline, parse_params, run_local
 
@@ -32,8 +31,8 @@ def run_demo(out: str, *, per_class: int = 40, params: Sequence[str] = ()) -> di
     sub_csv = _newest(Path(output.path), "submissions/*.csv")
     prepared = _newest(run_dir, "*/prepared/prepared.json").parent
     comparison = _newest(run_dir, "*/comparison/comparison.txt")
-    labels = pd.read_csv(prepared / "test_labels.csv", dtype={"ID": str}).set_index("ID")["target"]
-    sub = pd.read_csv(sub_csv, dtype={"ID": str})
+    labels = read_table(prepared / "test_labels.csv").set_index("ID")["target"]
+    sub = read_table(sub_csv, required=("target",))
     f1 = macro_f1(labels.loc[sub["ID"]].to_numpy(), sub["target"].to_numpy())
     print("\n" + "=" * 72)
     print("Hard-case comparison\n")

@@ -49,7 +49,20 @@ def cpu_bf16_speedup() -> float:
     return timings[torch.float32] / timings[torch.bfloat16]
 
 
+def check_device(device: str) -> None:
+    """Refuse ``device=cuda`` in one line on a machine without a usable CUDA device."""
+    if device == "cuda" and not torch.cuda.is_available():
+        from docsort.errors import ConfigError
+
+        raise ConfigError(
+            "device='cuda' but this machine has no CUDA device "
+            "(torch.cuda.is_available() is false); use device=auto or device=cpu"
+        )
+
+
 def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda when a CUDA device is usable, else cpu; ``cuda`` without one is refused."""
+    check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)

@@ -19,9 +19,11 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import getpass
+import hashlib
 import io
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from docsort import storage
 from docsort.atomic import atomic_path
 from docsort.data import Meta, parse_ids, read_csv, read_hardcases, read_labelled, read_meta
 from docsort.errors import DocsortError
@@ -41,6 +44,69 @@ HISTORY = "hardcases.history.jsonl"
 # An OOF error is proposed as a label error when every source predicts the same
 # other class at least this confidently: a model rarely disagrees that hard with a right label.
 LABEL_ERROR_CONFIDENCE = 0.8
+
+
+# ---------------------------------------------------------------- the current file
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """The hard-case file a stage uses: where it is, its rows, its hash and why this one."""
+
+    file: str
+    rows: pd.DataFrame
+    sha256: str | None
+    note: str = ""
+
+    def describe(self, used: int | None = None) -> str:
+        """``hard cases: FILE (N verdicts, M used)``: the line compare and report print."""
+        n = len(self.rows)
+        what = f"{n} verdict{'s' if n != 1 else ''}" + ("" if used is None else f", {used} used")
+        return f"hard cases: {self.file} ({what}){'; ' + self.note if self.note else ''}"
+
+
+def current_hardcases(prep: Prepared, file: str | os.PathLike | None = None) -> Verdicts:
+    """The hard-case verdicts as they are now, not as they were when the data was prepared.
+
+    ``file`` (``--hardcases``) wins; else the data root's ``hardcases.csv``
+    (the root ``prepare`` recorded as ``source``; no file there means no
+    verdicts). Only when the data root itself cannot be reached (moved, or a
+    pipeline task that sees only the prepared folder) is the copy made at
+    prepare time used, and the note says so.
+    """
+    meta = read_meta(prep.root / "meta.csv")
+    if file is not None:
+        if not storage.exists(file):
+            raise DocsortError("hard-case file not found", file=str(file))
+        return _verdicts(str(file), meta)
+    source = prep.info.get("source")
+    reachable = bool(source) and (storage.is_s3(source) or Path(source).is_dir())
+    if reachable:
+        uri = storage.join(source, "hardcases.csv")
+        if storage.exists(uri):
+            return _verdicts(uri, meta)
+        return Verdicts(uri, _no_rows(), None, "no such file, so none yet")
+    copy = prep.root / "hardcases.csv"
+    why = (
+        f"the copy made at prepare time (data root {source} not found)"
+        if source
+        else ("the copy made at prepare time (the prepared folder records no data root)")
+    )
+    if copy.is_file():
+        return _verdicts(str(copy), meta, why)
+    return Verdicts(str(copy), _no_rows(), None, why)
+
+
+def _verdicts(uri: str, meta: Meta, note: str = "") -> Verdicts:
+    data = storage.read_bytes(uri)
+    if storage.is_s3(uri):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "hardcases.csv"
+            local.write_bytes(data)
+            rows = read_hardcases(local, meta, name=uri)
+    else:
+        rows = read_hardcases(uri, meta)
+    return Verdicts(uri, rows, hashlib.sha256(data).hexdigest(), note)
 
 
 # ---------------------------------------------------------------- add / mark
@@ -84,9 +150,13 @@ class Dataset:
         )
 
 
+def _no_rows() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
+
+
 def _read_rows(path: Path, meta: Meta) -> pd.DataFrame:
     if not path.is_file():
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
+        return _no_rows()
     return read_hardcases(path, meta).astype({"target": int})
 
 
@@ -232,7 +302,8 @@ def mine(
     * ``low_confidence``: test images with the smallest top-1 probability of
       the candidates' mean.
 
-    Images already in hardcases.csv (``existing``, default the prepared copy) are left out.
+    Images already in hardcases.csv (``existing``, default the data root's current file,
+    :func:`current_hardcases`) are left out.
     """
     from docsort.stages import expand_candidates
 
@@ -243,12 +314,7 @@ def mine(
         raise DocsortError(
             "nothing to mine: give candidate folders and/or --model folders with oof.csv"
         )
-    known = existing if existing is not None else prep.file("hardcases.csv")
-    skip = (
-        set(read_hardcases(known, read_meta(prep.root / "meta.csv"))["ID"])
-        if known and Path(known).is_file()
-        else set()
-    )
+    skip = set(current_hardcases(prep, existing).rows["ID"])
     train_label = dict(zip(prep.index["ID"], prep.index["target"], strict=True))
     rows: list[dict] = []
 

@@ -18,6 +18,7 @@ import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from kubeflow_katib_api.models import (
@@ -72,7 +73,11 @@ COLLECTOR_CONTAINER = "metrics-logger-and-collector"  # Katib's injected sidecar
 TRIAL_NAME_PARAM = "trialName"
 EXPERIMENT_NAME_PARAM = "experimentName"
 RUN_AS_USER = 10001  # the docsort images' non-root user (images/Dockerfile.*)
-DEFAULT_NAMESPACE = "docsort"  # where k8s/ lets Katib run docsort trials
+#: The namespace a pod runs in, as Kubernetes mounts it for the pod's service account.
+POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+#: Added to the trials' rounds in :func:`worst_case_s`: the Suggestion's start, trial
+#: creation and metrics reporting, which no trial deadline counts.
+EXPERIMENT_MARGIN_S = 1800
 DEFAULT_SERVICE_ACCOUNT = "docsort-pipeline"  # k8s/base: S3 via IRSA on AWS, no API token
 #: Non-secret S3 settings (AWS_REGION, AWS_ENDPOINT_URL) provided by k8s/.
 S3_CONFIG_MAP = "docsort-s3-config"
@@ -103,6 +108,72 @@ _SHELL_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./${}-]+$")
 _KLOG_PREFIX = re.compile(r"^[IWEF][0-9]{4} [0-9:.]+\s+[0-9]+ [^ ]+:[0-9]+\] ")
 _ERROR_LINE = re.compile(r"(Error|Exception|error:|Killed|Traceback)")
 MAX_NAME = 40  # trial = experiment + 9 chars, and pod labels cap names at 63
+
+
+def resolve_namespace(namespace: str = "", pod_file: str | Path | None = None) -> str:
+    """``namespace`` when given, else the namespace this pod runs in (its service account's).
+
+    In a Kubeflow profile the pipeline's pods run in the user's namespace, so by
+    default the Experiment and its trials go there too, beside the run.
+    """
+    if namespace:
+        _check_name("namespace", namespace, 63)
+        return namespace
+    path = Path(pod_file) if pod_file is not None else POD_NAMESPACE_FILE
+    try:
+        found = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        found = ""
+    if not found:
+        raise ConfigError(
+            f"no Katib namespace given and none to discover ({path} is missing outside a pod): "
+            "pass the namespace (docsort sweep --namespace NS, pipeline param namespace=NS)"
+        )
+    _check_name("namespace", found, 63)
+    return found
+
+
+def trial_deadline_s(experiment: Mapping[str, Any]) -> int | None:
+    """The trial job's ``activeDeadlineSeconds`` (Job spec or PyTorchJob runPolicy), if set."""
+    job = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]
+    deadline = job.get(
+        "activeDeadlineSeconds", (job.get("runPolicy") or {}).get("activeDeadlineSeconds")
+    )
+    return int(deadline) if deadline else None
+
+
+def worst_case_s(experiment: Mapping[str, Any]) -> int | None:
+    """Longest the Experiment can run: ``ceil(maxTrialCount / parallelTrialCount)`` rounds of
+    the trial deadline, plus :data:`EXPERIMENT_MARGIN_S`; ``None`` without a trial deadline.
+
+    Katib counts failed and early-stopped trials towards ``maxTrialCount``
+    (pkg/controller.v1beta1/experiment/util/status_util.go, v0.19.0), and a Job's
+    ``activeDeadlineSeconds`` includes the time its pod waits to be scheduled.
+    """
+    deadline = trial_deadline_s(experiment)
+    if deadline is None:
+        return None
+    spec = experiment["spec"]
+    rounds = -(-int(spec["maxTrialCount"]) // int(spec.get("parallelTrialCount") or 1))
+    return rounds * deadline + EXPERIMENT_MARGIN_S
+
+
+def check_wait(experiment: Mapping[str, Any], wait_s: float, what: str = "the sweep step") -> None:
+    """Refuse a wait shorter than the Experiment's worst case, naming the numbers."""
+    spec = experiment["spec"]
+    worst = worst_case_s(experiment)
+    counts = f"{spec['maxTrialCount']} trials / {spec.get('parallelTrialCount') or 1} parallel"
+    if worst is None:
+        raise ConfigError(
+            f"the Experiment ({counts}) has no trial deadline, so no wait of {what} covers it: "
+            "set trial.timeout_s in the search space"
+        )
+    if wait_s < worst:
+        raise ConfigError(
+            f"{what} waits {wait_s:g}s but the Experiment can run {worst}s "
+            f"(ceil({counts}) x {trial_deadline_s(experiment)}s trial deadline + "
+            f"{EXPERIMENT_MARGIN_S}s): raise the wait to >= {worst}s or use fewer trials"
+        )
 
 
 def rbac_rules() -> list[dict[str, list[str]]]:
@@ -159,6 +230,7 @@ def _pod_template(
     gpu: int,
     service_account: str | None,
     image_pull_policy: str | None,
+    image_pull_secrets: Sequence[str] = (),
 ) -> dict[str, Any]:
     limits: dict[str, str] = {"memory": sp.trial.memory}
     if gpu:
@@ -208,6 +280,8 @@ def _pod_template(
         spec["nodeSelector"] = dict(sp.trial.node_selector)
     if service_account:
         spec["serviceAccountName"] = service_account
+    if image_pull_secrets:  # the k8s profile's, as for the pipeline's own tasks
+        spec["imagePullSecrets"] = [{"name": str(n)} for n in image_pull_secrets]
     template = {
         "metadata": {
             "labels": {
@@ -226,7 +300,7 @@ def _pod_template(
 def build_experiment(
     space: str | Mapping[str, Any] | SearchSpace,
     name: str | None = None,
-    namespace: str = DEFAULT_NAMESPACE,
+    namespace: str = "",
     data_uri: str | None = None,
     image: str | None = None,
     fixed_overrides: Sequence[str] = (),
@@ -235,15 +309,20 @@ def build_experiment(
     *,
     env: Mapping[str, str] | None = None,
     trial_out: str = "/tmp/trial",
+    trials_uri: str | None = None,
     retain: bool = True,
     service_account: str | None = DEFAULT_SERVICE_ACCOUNT,
     config_maps: Sequence[str] = (S3_CONFIG_MAP,),
     image_pull_policy: str | None = None,
+    image_pull_secrets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The Katib ``Experiment`` for ``space`` as a plain dict (for ``kubectl apply`` or the API).
 
     Each trial runs ``docsort train DATA_URI --out TRIAL_OUT fold=0 <overrides>
-    <param>=${trialParameters.x}``. ``gpu`` overrides ``trial.gpu`` (GPUs per
+    <param>=${trialParameters.x}``; with ``trials_uri`` (an ``s3://`` prefix, e.g.
+    ``<sweep output>/trials``) TRIAL_OUT is ``<trials_uri>/<trial name>``, so each
+    trial's member and metrics outlive its pod. ``namespace`` defaults to the one
+    this pod runs in (:func:`resolve_namespace`). ``gpu`` overrides ``trial.gpu`` (GPUs per
     node); more than one GPU or node makes the trial a PyTorchJob under torchrun.
     ``secrets`` maps Secret names to env keys; ``config_maps`` are loaded whole as
     env (optional, so a missing one does not block a trial); ``env`` adds plain
@@ -254,7 +333,13 @@ def build_experiment(
     sp = load_space(space)
     if not data_uri:
         raise ConfigError("build_experiment needs data_uri (the prepared data the trials read)")
-    _check_name("namespace", namespace, 63)
+    namespace = resolve_namespace(namespace)
+    if trials_uri:
+        if not trials_uri.startswith("s3://"):
+            raise ConfigError(
+                f"trials_uri must be an s3:// prefix the trial pods can write, got {trials_uri!r}"
+            )
+        trial_out = f"{trials_uri.rstrip('/')}/${{trialParameters.{TRIAL_NAME_PARAM}}}"
     gpu = sp.trial.gpu if gpu is None else gpu
     if gpu < 0:
         raise ConfigError(f"gpu must be >= 0, got {gpu}")
@@ -321,6 +406,7 @@ def build_experiment(
         gpu=gpu,
         service_account=service_account,
         image_pull_policy=image_pull_policy,
+        image_pull_secrets=image_pull_secrets,
     )
     if distributed:
         kind = "PyTorchJob"

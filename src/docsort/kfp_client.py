@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from docsort import pipeline_runner
-from docsort.errors import ConfigError, DocsortError
+from docsort.errors import ConfigError, DocsortError, redact
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,38 @@ class Submitted:
 # ---------------------------------------------------------------- compile
 
 
-def compile_to(pipeline_file: str | os.PathLike, out_yaml: str | os.PathLike) -> Path:
+def compile_to(
+    pipeline_file: str | os.PathLike,
+    out_yaml: str | os.PathLike,
+    *,
+    image_registry: str | None = None,
+    image_tag: str | None = None,
+) -> Path:
     """Compile the ``@dsl.pipeline`` in ``pipeline_file`` (``.py``) to ``out_yaml``.
 
-    A ``.yaml``/``.yml`` file is taken as already compiled and copied.
+    ``image_registry``/``image_tag``: where the docsort images come from (see
+    :mod:`docsort.images`). A ``.yaml``/``.yml`` file is taken as already compiled
+    (its images are final) and copied after the same backend contract check.
     """
+    from docsort import kfp_contract
+
     path = Path(pipeline_file)
     if path.suffix not in (".yaml", ".yml"):
-        return pipeline_runner.compile_pipeline(path, out_yaml)
+        return pipeline_runner.compile_pipeline(
+            path, out_yaml, image_registry=image_registry, image_tag=image_tag
+        )
     if not path.is_file():
         raise DocsortError("pipeline file not found", file=str(path))
+    if image_registry or image_tag:
+        raise ConfigError(
+            f"{path.name} is already compiled: --image-registry/--image-tag apply when a .py "
+            "pipeline is compiled (docsort compile ... --image-registry ...)"
+        )
+    try:
+        spec = kfp_contract.first_document(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    except yaml.YAMLError as err:
+        raise DocsortError(f"not valid YAML: {err}".splitlines()[0], file=str(path)) from None
+    kfp_contract.verify(spec, name=path.name)
     out = Path(out_yaml)
     out.write_bytes(path.read_bytes())
     return out
@@ -210,11 +232,6 @@ def _token() -> str | None:
     return next((os.environ[n] for n in TOKEN_ENV if os.environ.get(n)), None)
 
 
-def _redact(text: str) -> str:
-    token = _token()
-    return text.replace(token, "***") if token else text
-
-
 class _ScrubKfpLogs(logging.Filter):
     """kfp.Client logs its healthz retries on the root logger with a traceback holding the
     server's whole reply, which may echo the Authorization header: keep one scrubbed debug line."""
@@ -223,7 +240,7 @@ class _ScrubKfpLogs(logging.Filter):
         if not record.exc_info or record.exc_info[1] is None:
             return True
         first = (str(record.exc_info[1]).strip().splitlines() or [""])[0]
-        log.debug("kfp: %s", _redact(f"{record.getMessage()} {first}"))
+        log.debug("kfp: %s", redact(f"{record.getMessage()} {first}"))
         return False
 
 
@@ -244,16 +261,16 @@ def _kfp_errors(host: str, action: str) -> Iterator[None]:
         body = " ".join(str(e.body or "").split())[:300]
         hint = " (set KF_PIPELINES_TOKEN)" if e.status in (401, 403) else ""
         raise DocsortError(
-            _redact(f"KFP API {host}: {action} failed: HTTP {e.status} {e.reason}{hint}: {body}")
+            redact(f"KFP API {host}: {action} failed: HTTP {e.status} {e.reason}{hint}: {body}")
         ) from None
     except (urllib3.exceptions.HTTPError, TimeoutError, OSError) as e:
         raise DocsortError(
-            _redact(f"KFP API {host}: {action} failed: {type(e).__name__}: {e}")
+            redact(f"KFP API {host}: {action} failed: {type(e).__name__}: {e}")
         ) from None
     finally:
         logging.getLogger().removeFilter(scrub)
         for line in printed.getvalue().splitlines():
-            log.info("kfp: %s", _redact(line))
+            log.info("kfp: %s", redact(line))
 
 
 def _client(host: str, namespace: str | None) -> Any:
@@ -285,12 +302,22 @@ def set_caching(package: str | os.PathLike, enabled: bool) -> None:
 
 
 def _prepare(
-    pipeline_file: str | os.PathLike, params: Any, tmp: str, enable_caching: bool | None = None
+    pipeline_file: str | os.PathLike,
+    params: Any,
+    tmp: str,
+    enable_caching: bool | None = None,
+    images: Mapping[str, str | None] | None = None,
 ) -> tuple[Path, dict]:
-    package = compile_to(pipeline_file, Path(tmp) / "pipeline.yaml")
+    from docsort.sweep import check_pipeline_params
+
+    package = compile_to(pipeline_file, Path(tmp) / "pipeline.yaml", **dict(images or {}))
     if enable_caching is not None:
         set_caching(package, enable_caching)
-    return package, coerce_params(params, pipeline_inputs(package))
+    inputs = pipeline_inputs(package)
+    arguments = coerce_params(params, inputs)
+    defaults = {k: v["default"] for k, v in inputs.items() if "default" in v}
+    check_pipeline_params({**defaults, **arguments})  # e.g. the sweep step's deadlines
+    return package, arguments
 
 
 def _now() -> str:
@@ -306,14 +333,20 @@ def submit(
     namespace: str | None = None,
     enable_caching: bool | None = None,
     service_account: str | None = DEFAULT_SERVICE_ACCOUNT,
+    image_registry: str | None = None,
+    image_tag: str | None = None,
 ) -> Submitted:
     """Compile ``pipeline_file`` and start one run of it; returns the run's id and UI link.
 
-    ``enable_caching=None`` keeps each task's compile-time caching setting;
-    ``service_account=None`` leaves the choice to KFP (its ``pipeline-runner``).
+    ``namespace``: the Kubeflow profile namespace of the run (multi-user Kubeflow;
+    ``None``: the client's own, i.e. its saved context or, inside a pod, the pod's
+    namespace; single-user KFP has none). ``enable_caching=None`` keeps each task's
+    compile-time caching setting; ``service_account=None`` leaves the choice to KFP
+    (its ``pipeline-runner``). ``image_registry``/``image_tag``: see :mod:`docsort.images`.
     """
+    images = {"image_registry": image_registry, "image_tag": image_tag}
     with tempfile.TemporaryDirectory(prefix="docsort-kfp-") as tmp:
-        package, arguments = _prepare(pipeline_file, params, tmp, enable_caching)
+        package, arguments = _prepare(pipeline_file, params, tmp, enable_caching, images)
         name = run_name or f"{Path(pipeline_file).stem} {_now()}"
         with _kfp_errors(host, "submit run"):
             result = _client(host, namespace).create_run_from_pipeline_package(
@@ -342,17 +375,21 @@ def schedule(
     namespace: str | None = None,
     enable_caching: bool | None = None,
     service_account: str | None = DEFAULT_SERVICE_ACCOUNT,
+    image_registry: str | None = None,
+    image_tag: str | None = None,
 ) -> Submitted:
     """Compile ``pipeline_file`` and create a recurring run on a 6-field cron schedule.
 
     Defaults suit a nightly batch job: one run at a time, and no backfill of
-    runs missed while the schedule was paused.
+    runs missed while the schedule was paused. ``namespace`` and the image
+    settings as for :func:`submit`.
     """
+    images = {"image_registry": image_registry, "image_tag": image_tag}
     cron = validate_cron(cron)
     if max_concurrency < 1:
         raise ConfigError(f"max_concurrency must be >= 1, got {max_concurrency}")
     with tempfile.TemporaryDirectory(prefix="docsort-kfp-") as tmp:
-        package, arguments = _prepare(pipeline_file, params, tmp, enable_caching)
+        package, arguments = _prepare(pipeline_file, params, tmp, enable_caching, images)
         name = job_name or Path(pipeline_file).stem
         with _kfp_errors(host, "create recurring run"):
             client = _client(host, namespace)

@@ -155,6 +155,75 @@ def load_member(folder: str | os.PathLike) -> Member:
         ) from None
     cfg.model.pretrained = None
     model = create_model(cfg, len(doc.class_names))
-    model.load_state_dict(load_safetensors(folder / "model.safetensors"))
+    state = load_safetensors(folder / "model.safetensors")
+    problem = state_mismatch(model.state_dict(), state)
+    if problem:
+        raise DocsortError(
+            f"model.safetensors does not fit arch {cfg.model.name} of model.yaml ({problem})",
+            file=str(folder),
+        )
+    model.load_state_dict(state)
     model.eval()
     return Member(model, cfg, list(doc.class_names), folder)
+
+
+def state_mismatch(own: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``theirs`` from loading into a model whose state is ``own`` (None: it fits)."""
+    missing = [k for k in own if k not in theirs]
+    extra = [k for k in theirs if k not in own]
+    shapes = [k for k in own if k in theirs and tuple(own[k].shape) != tuple(theirs[k].shape)]
+    if shapes:
+        k = shapes[0]
+        return (
+            f"{len(shapes)} tensors differ in shape, e.g. {k}: {list(theirs[k].shape)} in the file, "
+            f"{list(own[k].shape)} in the model"
+        )
+    if missing or extra:
+        k = (missing or extra)[0]
+        return f"{len(missing)} tensors missing and {len(extra)} unexpected, e.g. {k}"
+    return None
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A training checkpoint loaded with ``weights_only=True`` (tensors and plain values only).
+
+    A pickle that needs more (code, arbitrary objects) or a torn or foreign file
+    is refused in one line; torch's own text, which suggests loading unsafely, is
+    never shown.
+    """
+    import warnings
+
+    again = "use --overwrite to start again, or another --out"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever an untrusted file makes torch raise is bad input
+        # torch's weights-only unpickler names the class or function it blocked ("GLOBAL ...")
+        code = type(err).__name__ == "UnpicklingError" and "global" in str(err).lower()
+        problem = (
+            "checkpoint refers to code or objects other than tensors and plain values, "
+            "which docsort never loads"
+            if code
+            else "not a checkpoint docsort can read (torn, corrupt, or a pickle of more than "
+            "tensors and plain values)"
+        )
+        raise DocsortError(f"{problem}; {again}", file=str(path)) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise DocsortError(
+            "not a docsort training checkpoint (no state_dict); use --overwrite to start again",
+            file=str(path),
+        )
+    return ckpt
+
+
+def check_checkpoint(path: str | os.PathLike, module: torch.nn.Module) -> None:
+    """Refuse, in one line, a checkpoint that is unsafe, unreadable or does not fit ``module``."""
+    ckpt = read_checkpoint(path)
+    problem = state_mismatch(module.state_dict(), ckpt["state_dict"])
+    if problem:
+        raise DocsortError(
+            f"checkpoint does not fit this model ({problem}); use --overwrite to start again, "
+            "or another --out",
+            file=str(path),
+        )

@@ -21,6 +21,7 @@ import torch
 from docsort.atomic import atomic_path
 from docsort.errors import DocsortError
 from docsort.models import Member, load_member
+from docsort.outputs import stage
 
 INPUT, OUTPUT = "image", "logits"
 
@@ -100,6 +101,7 @@ def _toposort(graph) -> None:
     graph.node.extend(nodes)
 
 
+@stage("export", inputs=("model_dir",), files=("out",), into=("model_dir",))
 def export_onnx(
     model_dir: str | os.PathLike,
     out: str | os.PathLike,

@@ -8,17 +8,20 @@ compiles to the YAML a KFP cluster runs.
 from __future__ import annotations
 
 import builtins
+import collections
 import importlib.util
 import inspect
 import json
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from docsort.errors import DocsortError
+from docsort.outputs import check_outputs, stage
 
 
 def packaged_pipeline(name: str) -> Path:
@@ -82,28 +85,128 @@ def parse_params(pairs: Sequence[str], pipeline=None) -> dict[str, Any]:
                 f"--param {key}: the pipeline has no such input; inputs: {', '.join(known)}"
             )
         default = known.get(key) if known else None
-        if isinstance(default, str):
+        kind = _input_type(pipeline, key) if pipeline is not None else None
+        if kind == "String" or (kind is None and isinstance(default, str)):
             out[key] = value
             continue
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
+        if kind is not None:
+            out[key] = _typed(key, value, out[key], kind)
     return out
 
 
+# KFP's parameter types (component_spec.inputs[...].type) and what a value of each must be
+_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "Integer": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "Float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "Boolean": ("true or false", lambda v: isinstance(v, bool)),
+    "List": ("a JSON list, e.g. [1,2]", lambda v: isinstance(v, list)),
+    "Dict": ('a JSON object, e.g. {"a": 1}', lambda v: isinstance(v, dict)),
+}
+
+
+def _input_type(pipeline, key: str) -> str | None:
+    """The KFP type of a pipeline input (Integer, Float, Boolean, String, List, Dict), if known."""
+    spec = getattr(pipeline, "component_spec", None)
+    inp = getattr(spec, "inputs", None) or {}
+    return getattr(inp.get(key), "type", None)
+
+
+def _typed(key: str, text: str, value: Any, kind: str) -> Any:
+    """``value`` if it is of the input's type (an integer for a Float becomes a float), else refused."""
+    if kind not in _TYPES:
+        return value
+    what, ok = _TYPES[kind]
+    if not ok(value):
+        raise DocsortError(f"--param {key}={text!r}: {key} takes {what} ({kind})")
+    return float(value) if kind == "Float" else value
+
+
+@stage("compile", inputs=("path",), files=("out_yaml",))
 def compile_pipeline(
-    path: str | os.PathLike, out_yaml: str | os.PathLike, params: Mapping[str, Any] | None = None
+    path: str | os.PathLike,
+    out_yaml: str | os.PathLike,
+    params: Mapping[str, Any] | None = None,
+    *,
+    image_registry: str | None = None,
+    image_tag: str | None = None,
 ) -> Path:
-    """Compile ``path`` to KFP pipeline YAML at ``out_yaml`` (written atomically)."""
+    """Compile ``path`` to KFP pipeline YAML at ``out_yaml`` (written atomically).
+
+    Every docsort image in it is ``<image_registry>/docsort-*:<image_tag>``
+    (default: ``$DOCSORT_IMAGE_REGISTRY``/``$DOCSORT_IMAGE_TAG``, then
+    ``conf/images.yaml``), and the result must pass the KFP backend's typing
+    contract (:mod:`docsort.kfp_contract`): a pipeline the cluster would refuse at
+    its first task is refused here, and nothing is written.
+    """
+    import yaml
     from kfp import compiler
 
+    from docsort import images, kfp_contract
     from docsort.atomic import atomic_path
 
-    pipeline = load_pipeline(path)
+    with images.use_images(image_registry, image_tag) as chosen:
+        pipeline = load_pipeline(path)  # the tasks read the image setting while being defined
+        images.pin_images(pipeline.pipeline_spec.deployment_spec, chosen)
+    if params is not None:  # `docsort compile --param ...` (submit checks with its own params)
+        from docsort.sweep import check_pipeline_params
+
+        check_pipeline_params({**pipeline_inputs(pipeline), **params})  # the sweep's deadlines
     with atomic_path(out_yaml) as tmp:
         compiler.Compiler().compile(pipeline, str(tmp), pipeline_parameters=dict(params or {}))
+        with open(tmp, encoding="utf-8") as f:
+            spec = kfp_contract.first_document(yaml.safe_load_all(f))
+        kfp_contract.verify(spec, name=Path(path).name)
     return Path(out_yaml)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The last line of a task's traceback: ``docsort.errors.DocsortError: <the one line>``.
+_DOCSORT_ERROR = re.compile(r"^\s*docsort(?:\.\w+)+\.\w*(?:Error|Exception): (?P<msg>.+)$")
+_ANY_ERROR = re.compile(
+    r"^\s*(?:[A-Za-z_]\w*\.)*(?P<name>[A-Za-z_]\w*(?:Error|Exception)): (?P<msg>.*)$"
+)
+
+
+class _TaskOutput:
+    """Stands in for ``print`` while kfp.local streams the tasks' output: keeps the last lines."""
+
+    def __init__(self, real_print) -> None:
+        self.real_print = real_print
+        self.lines: collections.deque[str] = collections.deque(maxlen=5000)
+
+    def __call__(self, *args, **kwargs) -> None:
+        if kwargs.get("file") in (None, sys.stdout):
+            text = kwargs.get("sep", " ").join(str(a) for a in args)
+            self.lines.extend(text.splitlines())
+        self.real_print(*args, **kwargs)
+
+
+def failure_message(error: str, output: Sequence[str]) -> str:
+    """``task <name> failed: <reason>`` from kfp.local's failure and the tasks' streamed output.
+
+    kfp.local (kubeflow/pipelines ``sdk/python/kfp/local/pipeline_orchestrator.py``,
+    ``log_and_maybe_raise_for_failure``, tag ``sdk-2.17.3``; the task output is printed by
+    ``subprocess_task_handler.py``, ``run_local_subprocess``) raises ``RuntimeError("Pipeline X finished with status FAILURE. Inner task
+    failed: T inside L.")`` and prints each task subprocess's output (its traceback
+    included) through ``print``. The reason is the failing task's last docsort error
+    line, else the last exception line of its traceback.
+    """
+    plain = _ANSI.sub("", error).strip()
+    m = re.search(r"Inner task failed: (?P<chain>.+?)\.?$", plain.splitlines()[0] if plain else "")
+    task = m["chain"] if m else None
+    lines = [_ANSI.sub("", ln) for ln in output]
+    reason = next((d["msg"] for ln in reversed(lines) if (d := _DOCSORT_ERROR.match(ln))), None)
+    if reason is None:
+        last = next((a for ln in reversed(lines) if (a := _ANY_ERROR.match(ln))), None)
+        reason = f"{last['name']}: {last['msg']}" if last else None
+    if task is None:
+        first = plain.splitlines()[0] if plain else "unknown error"
+        return f"pipeline failed: {reason or first}"
+    return f"task {task} failed: {reason or 'no error line in its output (see the log above)'}"
 
 
 def _drop_retries(pipeline) -> None:
@@ -115,6 +218,17 @@ def _drop_retries(pipeline) -> None:
             task.ClearField("retry_policy")
 
 
+def _path_params(params: Mapping[str, Any]) -> list[str]:
+    """Parameter values that name data: ``s3://`` URIs and existing local paths (lists too)."""
+    values = [v for p in params.values() for v in (p if isinstance(p, list) else [p])]
+    return [
+        v
+        for v in values
+        if isinstance(v, str) and v and (v.startswith("s3://") or Path(v).exists())
+    ]
+
+
+@stage("run", inputs=("path",), folder="out", mode="add")
 def run_local(
     path: str | os.PathLike,
     out: str | os.PathLike,
@@ -133,6 +247,13 @@ def run_local(
     """
     from kfp import local
 
+    params = dict(params or {})
+    # ``output_root`` and the like are where the pipeline writes; every other path is read
+    written = [v for k, v in params.items() if k.startswith("output")]
+    check_outputs(
+        [out, *written],
+        _path_params({k: v for k, v in params.items() if not k.startswith("output")}),
+    )
     pipeline = load_pipeline(path)
     if not retries:
         _drop_retries(pipeline)
@@ -145,11 +266,17 @@ def run_local(
     # kfp.local swaps builtins.print per task; two tasks of a ParallelFor running at once
     # can leave its indenting wrapper installed after the run, so restore the real one.
     real_print = builtins.print
+    tee = _TaskOutput(real_print)
+    builtins.print = tee
     try:
-        task = pipeline(**dict(params or {}))
+        with warnings.catch_warnings():
+            # Locally every task runs in this environment by design: kfp.local's notes that
+            # resource settings and the docsort image are not used here are noise.
+            warnings.filterwarnings("ignore", message=r"Task '.*': settings \[")
+            warnings.filterwarnings("ignore", message=r"You may be attemping to run a task")
+            task = pipeline(**params)
     except RuntimeError as err:
-        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(err).splitlines()[0])
-        raise DocsortError(f"pipeline failed: {plain}", file=str(path)) from None
+        raise DocsortError(failure_message(str(err), tee.lines), file=str(path)) from None
     finally:
         builtins.print = real_print
     outputs = getattr(task, "outputs", None) or {}

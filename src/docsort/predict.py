@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from docsort import storage
+from docsort import identity, storage
 from docsort.atomic import atomic_path, write_text_atomic
 from docsort.config import load_config
 from docsort.data import IMAGE_SUFFIXES, decode_image, fit_square, image_path
@@ -38,6 +38,7 @@ from docsort.device import resolve_device, resolve_precision, set_threads
 from docsort.errors import ConfigError, DocsortError
 from docsort.models import Member, load_member
 from docsort.onnx_export import weights_digest
+from docsort.outputs import stage
 from docsort.prepared import Prepared
 from docsort.probs import prob_columns
 from docsort.tta import TorchTTA, auto_batch_size, auto_workers, check_views, merge
@@ -274,6 +275,7 @@ def predict_settings(
 # --- the stage -------------------------------------------------------------------------------
 
 
+@stage("predict", inputs=("prepared", "model"), folder="out")
 def predict(
     prepared: str | os.PathLike,
     model: str | os.PathLike,
@@ -282,6 +284,7 @@ def predict(
     *,
     split: str = "test",
     on_shard: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``probs.csv`` (merged over ``tta.views``), ``views.npz`` (logits per view) and ``predict.json`` into ``out``.
 
@@ -289,6 +292,10 @@ def predict(
     read from the cache) or any folder of images (decoded with the model's image
     spec; rows in file-name order). ``runtime=onnx`` runs onnxruntime instead of
     torch. ``on_shard(done, total)`` is called after each committed shard.
+
+    ``out`` records the run's identity (``run.json``: weights, images, views,
+    merge, runtime, precision): a re-run continues the same work, does nothing
+    when it is complete, and is refused for other work unless ``overwrite``.
     """
     cfg = load_config(overrides)
     member = load_member(model)
@@ -304,35 +311,37 @@ def predict(
     )
     threads = set_threads(cfg.threads)
     out = Path(out)
-    key = hashlib.sha256(json.dumps({
-        "weights": weights_digest(model), "images": images_key, "n": len(ids), "views": s["views"],
-        "runtime": s["runtime"], "precision": s["precision"], "shard_size": s["shard_size"],
-    }, sort_keys=True).encode()).hexdigest()  # fmt: skip
+    ident = {"model weights": weights_digest(model)[:16], "images": f"{images_key[:24]} ({len(ids)})",
+             "tta.views": f"[{','.join(s['views'])}]", "tta.merge": s["merge"], "runtime": s["runtime"],
+             "precision": str(cfg.precision)}  # fmt: skip
+    record = identity.claim(out, "predict", ident, verb="predicted", outputs=PREDICT_OUTPUTS,
+                            overwrite=overwrite,
+                            settings={"shard_size": s["shard_size"], "precision": s["precision"]},
+                            shown={"model weights": f"{ident['model weights']} ({model})"})  # fmt: skip
     done_info = out / "predict.json"
-    if done_info.is_file() and (out / "probs.csv").is_file() and (out / "views.npz").is_file():
-        prev = json.loads(done_info.read_text())
-        if prev.get("key") == key and prev.get("merge") == s["merge"]:
-            print(
-                f"predict: {out} is already complete for this model, images and settings",
-                file=sys.stderr,
-            )
-            return out
-
-    # outputs of another run must not pass for this one's, even if this one is interrupted
-    for stale in ("predict.json", "probs.csv", "views.npz"):
-        (out / stale).unlink(missing_ok=True)
-    work = out / "partial"
-    run_file = work / "run.json"
-    if run_file.is_file() and json.loads(run_file.read_text()).get("key") != key:
+    if record["complete"] and all(
+        (out / f).is_file() for f in ("probs.csv", "views.npz", "predict.json")
+    ):
         print(
-            "predict: discarding partial results of a run with another model, images or settings",
+            f"predict: {out} is already complete for this model, images and settings",
             file=sys.stderr,
         )
-        shutil.rmtree(work)
+        return out
+    # a resumed run continues as it began: same shards, same resolved precision
+    s.update(
+        {k: record["settings"][k] for k in ("shard_size", "precision") if k in record["settings"]}
+    )
+    key = hashlib.sha256(
+        json.dumps({**ident, "shard_size": s["shard_size"]}, sort_keys=True).encode()
+    ).hexdigest()
+    work = out / "partial"
+    layout = work / "layout.json"  # what the shards under partial/ are
+    if layout.is_file() and json.loads(layout.read_text()).get("key") != key:
+        shutil.rmtree(work)  # shards of an earlier start of this very run with another layout
     work.mkdir(parents=True, exist_ok=True)
-    if not run_file.is_file():
+    if not layout.is_file():
         run = {"key": key, "images": len(ids), "shard_size": s["shard_size"], "views": s["views"]}
-        write_text_atomic(run_file, json.dumps(run, indent=2))
+        write_text_atomic(layout, json.dumps(run, indent=2))
 
     if s["runtime"] == "onnx":
         from docsort.ort_predict import runner_for
@@ -367,7 +376,12 @@ def predict(
     }  # fmt: skip
     write_text_atomic(done_info, json.dumps(info, indent=2))
     shutil.rmtree(work, ignore_errors=True)
+    identity.complete(out)
     return out
+
+
+#: What ``predict`` writes in its output folder: all that ``--overwrite`` removes.
+PREDICT_OUTPUTS = ("probs.csv", "views.npz", "predict.json", "partial")
 
 
 def _shard_path(work: Path, k: int) -> Path:

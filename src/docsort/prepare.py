@@ -48,9 +48,11 @@ from docsort.data import (
     read_labelled,
     read_meta,
 )
-from docsort.errors import DocsortError
+from docsort.errors import DocsortError, plot_label
+from docsort.outputs import stage
 
-CACHE_VERSION = 1
+# 2: images are decoded upright (EXIF orientation applied), so caches of version 1 differ.
+CACHE_VERSION = 2
 
 
 def make_folds(
@@ -192,7 +194,9 @@ def _read_sizes(folder: Path, ids: Sequence[str]) -> np.ndarray:
     sizes = []
     for i in ids[:2000]:
         with Image.open(image_path(folder, i)) as im:
-            sizes.append(im.size)
+            w, h = im.size
+            turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientation: a quarter turn
+            sizes.append((h, w) if turned else (w, h))
     return np.asarray(sizes)
 
 
@@ -206,7 +210,7 @@ def _eda_plot(path: Path, meta: Meta, counts: np.ndarray, sizes: np.ndarray) -> 
     a.barh(range(meta.num_classes), counts, color="#4878a8")
     a.set_yticks(
         range(meta.num_classes),
-        [f"{k} {n[:28]}" for k, n in enumerate(meta.class_names)],
+        [f"{k} {plot_label(n)}" for k, n in enumerate(meta.class_names)],
         fontsize=8,
     )
     a.invert_yaxis()
@@ -223,6 +227,7 @@ def _eda_plot(path: Path, meta: Meta, counts: np.ndarray, sizes: np.ndarray) -> 
     plt.close(fig)
 
 
+@stage("prepare", inputs=("data",), folder="out")
 def prepare(data: str, out: str | os.PathLike, overrides: Sequence[str] = ()) -> Path:
     """Validate the dataset at ``data`` (local or s3://) and write the prepared folder ``out``."""
     cfg = load_config(overrides)
@@ -288,7 +293,8 @@ def prepare(data: str, out: str | os.PathLike, overrides: Sequence[str] = ()) ->
             "seed": int(cfg.seed),
             "fingerprint": hashlib.sha256(f"{train_fp}|{test_fp}".encode()).hexdigest(),
             "cache": caches,
-            "source": data,
+            # absolute, so later stages find the data root (and its current hardcases.csv)
+            "source": data if storage.is_s3(data) else str(Path(data).resolve()),
             **extra,
         }
         (tmp / "prepared.json").write_text(json.dumps(info, indent=2))

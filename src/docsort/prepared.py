@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from docsort.data import read_table
 from docsort.errors import DocsortError
 
 
@@ -41,11 +42,11 @@ class Prepared:
 
     @cached_property
     def index(self) -> pd.DataFrame:
-        return pd.read_csv(self.root / "index.csv", dtype={"ID": str})
+        return read_table(self.root / "index.csv", required=("target", "fold"))
 
     @cached_property
     def test_ids(self) -> list[str]:
-        return pd.read_csv(self.root / "test.csv", dtype={"ID": str})["ID"].tolist()
+        return read_table(self.root / "test.csv")["ID"].tolist()
 
     def images(self, split: str) -> np.ndarray:
         """Memory-mapped uint8 images of ``split`` (train or test), rows in index/test order."""

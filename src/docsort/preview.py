@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from docsort.errors import ConfigError, DocsortError
+from docsort.errors import ConfigError, DocsortError, plot_label
+from docsort.outputs import stage
 
 
 def aug_groups() -> list[str]:
@@ -111,6 +112,7 @@ def _to_uint8(x) -> np.ndarray:
     return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
 
 
+@stage("augment-preview", inputs=("data",), files=("out",))
 def augment_preview(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -175,7 +177,7 @@ def augment_preview(
                 s.set_color("#2b6cb0" if c == 0 else "#bbbbbb")
                 s.set_linewidth(2 if c == 0 else 0.6)
             if c == 0:
-                ax.set_title(_short(names[r], 26), fontsize=8.5, loc="left", fontweight="bold")
+                ax.set_title(plot_label(names[r], 26), fontsize=8.5, loc="left", fontweight="bold")
             elif r == 0:
                 ax.set_title(f"draw {c}", fontsize=8.5, color="#555555")
     offline = f"offline copies x{copies[0].shape[0]}" if copies is not None else a.mode
@@ -188,7 +190,3 @@ def augment_preview(
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return out
-
-
-def _short(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"

@@ -9,6 +9,7 @@ scale of a competition test set (thousands of rows) it is fast enough.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,7 +17,12 @@ import numpy as np
 import pandas as pd
 
 from docsort.atomic import atomic_path
+from docsort.data import read_table, refuse_blank
 from docsort.errors import DocsortError
+
+# How far a row's sum may be from 1. Tables are written with 6 significant digits
+# (at most ~1e-5 off for 17 classes); anything further is not a distribution.
+SUM_TOLERANCE = 1e-3
 
 
 def prob_columns(num_classes: int) -> list[str]:
@@ -44,32 +50,88 @@ def write_probs(
     return Path(path)
 
 
-def read_probs(path: str | os.PathLike) -> tuple[list[str], np.ndarray, pd.DataFrame]:
-    """Read a probability table: ``(ids, probs N x K, whole frame)``."""
+def read_probs(
+    path: str | os.PathLike, num_classes: int | None = None
+) -> tuple[list[str], np.ndarray, pd.DataFrame]:
+    """Read and validate a probability table: ``(ids, probs N x K, whole frame)``.
+
+    Every reader of a table goes through here, so a table that is not one
+    distribution per image is refused wherever it is used (:func:`check_probs`).
+    ``num_classes``, when known, must match the number of ``pN`` columns.
+    """
     path = Path(path)
     if not path.is_file():
         raise DocsortError("probability table not found", file=str(path))
-    try:
-        df = pd.read_csv(path, dtype={"ID": str})
-    except (ValueError, UnicodeDecodeError) as err:  # pandas' parse errors are ValueErrors
-        raise DocsortError(
-            f"cannot parse CSV: {(str(err).splitlines() or [type(err).__name__])[0]}",
-            file=str(path),
-        ) from None
-    cols = [c for c in df.columns if c.startswith("p") and c[1:].isdigit()]
-    cols.sort(key=lambda c: int(c[1:]))
+    is_prob = re.compile(r"p[0-9]+").fullmatch
+    df = read_table(path, text=lambda c: not is_prob(c) and c not in ("target", "fold"), ids=None)
+    cols = sorted((c for c in df.columns if is_prob(c)), key=lambda c: int(c[1:]))
     if "ID" not in df.columns or not cols:
         raise DocsortError("not a probability table (needs ID and p0..pK columns)", file=str(path))
+    refuse_blank(df, "ID", file=str(path))
     if cols != prob_columns(len(cols)):
-        raise DocsortError(f"probability columns must be p0..p{len(cols) - 1}", file=str(path))
-    try:
-        probs = df[cols].to_numpy(dtype=np.float64)
-    except (TypeError, ValueError):
-        r, k = np.argwhere(df[cols].apply(pd.to_numeric, errors="coerce").isna().to_numpy())[0]
+        gap = next(c for c in prob_columns(len(cols) + 1) if c not in cols)
         raise DocsortError(
-            f"{cols[k]}={df[cols[k]].iloc[r]!r} is not a number", file=str(path), row=int(r) + 1
-        ) from None
-    return df["ID"].tolist(), probs, df
+            f"probability columns must be p0..p{len(cols) - 1}; {gap} is missing", file=str(path)
+        )
+    if num_classes is not None and len(cols) != num_classes:
+        raise DocsortError(
+            f"has {len(cols)} probability columns, the data has {num_classes} classes",
+            file=str(path),
+        )
+    for k, c in enumerate(cols):
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            bad = pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()
+            n = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DocsortError(
+                f"{cols[k]}={df[c].iloc[n]!r} is not a number", file=str(path), row=_row(df, n)
+            )
+    probs = df[cols].to_numpy(dtype=np.float64)
+    ids = df["ID"].tolist()
+    check_probs(ids, probs, source=str(path), rows=(df.index.to_numpy() + 1).tolist())
+    return ids, probs, df
+
+
+def _row(df: pd.DataFrame, n: int) -> int:
+    """The 1-based data row of the ``n``-th row of a frame read by ``read_table``."""
+    return int(df.index[n]) + 1
+
+
+def check_probs(
+    ids: Sequence[str],
+    probs: np.ndarray,
+    *,
+    source: str,
+    rows: Sequence[int] | None = None,
+    tolerance: float = SUM_TOLERANCE,
+) -> None:
+    """One distribution per image, or one line naming the file, the row and the problem.
+
+    Every value finite and non-negative, each row summing to 1 within
+    ``tolerance`` (tables are written with 6 significant digits, so a real
+    distribution is off by at most about 1e-5), and no ID twice.
+    """
+    rows = list(rows) if rows is not None else list(range(1, len(ids) + 1))
+    seen: dict[str, int] = {}
+    for row, i in zip(rows, ids, strict=True):
+        if i in seen:
+            raise DocsortError(f"duplicate ID {i!r} (first at row {seen[i]})", file=source, row=row)
+        seen[i] = row
+    bad = ~np.isfinite(probs) | (probs < 0)  # with rows summing to 1, none can exceed 1
+    if bad.any():
+        r, k = (int(v) for v in np.argwhere(bad)[0])
+        raise DocsortError(
+            f"p{k}={float(probs[r, k]):.6g} is not a probability", file=source, row=rows[r]
+        )
+    sums = probs.sum(axis=1)
+    off = np.abs(sums - 1.0) > tolerance
+    if off.any():
+        r = int(np.flatnonzero(off)[0])
+        raise DocsortError(
+            f"probabilities sum to {float(sums[r]):.6g}, not 1 (tolerance {tolerance:g}; "
+            f"{int(off.sum())} such rows): not a distribution over the classes",
+            file=source,
+            row=rows[r],
+        )
 
 
 def align(

@@ -30,7 +30,7 @@ from PIL import Image
 
 from docsort.ablation import Ablation
 from docsort.atomic import write_text_atomic
-from docsort.errors import DocsortError
+from docsort.errors import DocsortError, plot_label
 from docsort.hardcase_compare import Comparison
 from docsort.stats import accuracy, confusion, macro_f1, most_confused_pairs, per_class_table
 
@@ -92,12 +92,6 @@ def _fmt(value: object) -> str:
 # ---------------------------------------------------------------- pictures
 
 
-def _mpl_text(name: str, width: int = 28) -> str:
-    """Class names as matplotlib text: '$' would start math mode; long names are shortened."""
-    name = name if len(name) <= width else name[: width - 1] + "…"
-    return name.replace("$", r"\$")
-
-
 def confusion_png(cm: np.ndarray, class_names: Sequence[str]) -> bytes:
     """Row-normalized confusion matrix (colour = share of the true class) with counts written in."""
     cm = np.asarray(cm)
@@ -109,7 +103,7 @@ def confusion_png(cm: np.ndarray, class_names: Sequence[str]) -> bytes:
     ax = fig.add_subplot()
     im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
-    labels = [_mpl_text(str(c)) for c in class_names]
+    labels = [plot_label(str(c)) for c in class_names]
     ax.set_xticks(range(k), labels, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(k), labels)
     ax.set_xlabel("predicted")

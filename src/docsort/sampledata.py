@@ -26,6 +26,7 @@ import numpy as np
 
 from docsort.atomic import atomic_path
 from docsort.errors import DocsortError
+from docsort.outputs import stage
 
 CLASS_NAMES: tuple[str, ...] = (
     "account_number",
@@ -1113,6 +1114,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
         writer.writerows(rows)
 
 
+@stage("sample-data", folder="out")
 def generate_sample_data(
     out: str | Path,
     per_class: int = 40,

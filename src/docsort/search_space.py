@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,13 +28,18 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- metric lines
 
 #: Regex for the metric lines ``docsort train`` prints (``val_macro_f1=0.8312``), used
-#: verbatim as Katib's StdOut ``metricsFormat`` and by the local twin. Written for both
-#: Go RE2 and Python ``re``: group 1 is the name, group 2 the value (Katib requires two
-#: top groups). Anchored to the whole line so that progress bars that happen to contain
-#: ``val_macro_f1=0.51`` (Lightning's tqdm postfix) are not counted twice; an optional
-#: RFC 3339 timestamp prefix is allowed because Katib's median stop orders reports by it.
+#: verbatim as Katib's StdOut ``metricsFormat`` and by the local twin. Written for Go's
+#: RE2 (Katib's collector, pkg/metricscollector/v1beta1/file-metricscollector/
+#: file-metricscollector.go at v0.19.0, splits the log on "\n" only and takes groups 1
+#: and 2 of every match as name and value) and Python's ``re`` alike. Anchored to the whole
+#: line, so a progress bar or a warning that quotes ``val_macro_f1=0.51`` counts nothing;
+#: only the text after the line's last "\r" (what a terminal shows once a progress bar
+#: has redrawn the line) may be a metric. The value must be a finite decimal number:
+#: ``nan``/``inf`` lines match nothing, where Katib's default regex would take an empty
+#: value (the collector's early-stopping path then exits on ParseFloat). An RFC 3339
+#: timestamp prefix is allowed because Katib orders reports by it.
 METRICS_FORMAT = (
-    r"^(?:[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+(?:Z|[+-][0-9]{2}:?[0-9]{2})? )?"
+    r"^(?:[^\n]*\r)?(?:[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+(?:Z|[+-][0-9]{2}:?[0-9]{2})? )?"
     r"([A-Za-z_][A-Za-z0-9_.-]*)=([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*$"
 )
 METRIC_RE = re.compile(METRICS_FORMAT)
@@ -48,18 +53,144 @@ def parse_metric_line(line: str) -> tuple[str, float] | None:
 
 # --------------------------------------------------------------------------- search space
 
-ALGORITHMS: dict[str, frozenset[str]] = {
-    # Katib algorithm name -> the algorithmSettings Katib accepts for it.
-    "random": frozenset({"random_state"}),
-    "grid": frozenset({"random_state"}),
-    "tpe": frozenset({"n_startup_trials", "n_ei_candidates", "random_state"}),
-    "multivariate-tpe": frozenset({"n_startup_trials", "n_ei_candidates", "random_state"}),
-    "cmaes": frozenset({"random_state", "sigma", "restart_strategy"}),
-    "bayesianoptimization": frozenset(
-        {"base_estimator", "n_initial_points", "acq_func", "acq_optimizer", "random_state"}
+
+def _int(minimum: int | None = None) -> Callable[[str], bool]:
+    # Python's int() / Go's strconv.Atoi: "4" passes, "4.0" does not.
+    def ok(text: str) -> bool:
+        try:
+            value = int(text)
+        except ValueError:
+            return False
+        return minimum is None or value >= minimum
+
+    return ok
+
+
+def _float(test: Callable[[float], bool] = lambda v: True) -> Callable[[str], bool]:
+    def ok(text: str) -> bool:
+        try:
+            return test(float(text))
+        except ValueError:
+            return False
+
+    return ok
+
+
+def _one_of(*choices: str) -> Callable[[str], bool]:
+    return lambda text: text in choices
+
+
+@dataclass(frozen=True)
+class KatibSetting:
+    """One ``algorithmSettings`` entry a Katib suggestion service accepts, and its value check."""
+
+    rule: str  # what the service accepts, for the error line
+    ok: Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class KatibAlgorithm:
+    """A Katib algorithm: the suggestion service that runs it and the settings that service takes.
+
+    ``settings`` are exactly the names the service's ``ValidateAlgorithmSettings``
+    accepts (or, for goptuna, which ignores unknown names, the names it reads);
+    Katib marks the Suggestion Failed on any other name, so docsort refuses it first.
+    """
+
+    service: str  # the suggestion image in katib-config.yaml: suggestion-<service>
+    source: str  # where kubeflow/katib v0.19.0 checks the settings
+    settings: Mapping[str, KatibSetting]
+    required: frozenset[str] = frozenset()
+
+
+_RANDOM_STATE = KatibSetting("an integer >= 0", _int(0))
+_HYPEROPT = "pkg/suggestion/v1beta1/hyperopt/service.py"
+_OPTUNA = "pkg/suggestion/v1beta1/optuna/service.py"
+_GOPTUNA = "pkg/suggestion/v1beta1/goptuna/converter.go"
+_SKOPT = "pkg/suggestion/v1beta1/skopt/service.py"
+_HYPERBAND = "pkg/suggestion/v1beta1/hyperband/service.py"
+
+#: Katib v0.19.0: algorithm -> suggestion service (manifests/v1beta1/installs/
+#: katib-standalone/katib-config.yaml, runtime.suggestions) -> the settings that
+#: service accepts, with the value checks it makes. Names are case-sensitive
+#: (hyperopt's ``n_EI_candidates`` is not optuna's ``n_ei_candidates``).
+KATIB_ALGORITHMS: dict[str, KatibAlgorithm] = {
+    # hyperopt: OptimizerConfiguration._validate_random_setting
+    "random": KatibAlgorithm("hyperopt", _HYPEROPT, {"random_state": _RANDOM_STATE}),
+    # hyperopt: OptimizerConfiguration._validate_tpe_setting (startup = the first request,
+    # i.e. parallelTrialCount random trials, in hyperopt/base_service.py; not a setting)
+    "tpe": KatibAlgorithm(
+        "hyperopt",
+        _HYPEROPT,
+        {
+            "gamma": KatibSetting("a number in (0, 1)", _float(lambda v: 0 < v < 1)),
+            "prior_weight": KatibSetting("a number > 0", _float(lambda v: v > 0)),
+            "n_EI_candidates": KatibSetting("an integer > 0", _int(1)),
+            "random_state": _RANDOM_STATE,
+        },
     ),
-    "hyperband": frozenset({"resource_name", "eta", "r_l"}),
+    # optuna: OptimizerConfiguration._validate_grid_setting (+ maxTrialCount <= grid size)
+    "grid": KatibAlgorithm("optuna", _OPTUNA, {"random_state": _RANDOM_STATE}),
+    # optuna: OptimizerConfiguration._validate_tpe_setting (TPESampler, constant_liar=True)
+    "multivariate-tpe": KatibAlgorithm(
+        "optuna",
+        _OPTUNA,
+        {
+            "n_startup_trials": KatibSetting("an integer >= 0", _int(0)),
+            "n_ei_candidates": KatibSetting("an integer >= 0", _int(0)),
+            "random_state": _RANDOM_STATE,
+        },
+    ),
+    # goptuna: toGoptunaSampler reads these (strconv.Atoi / ParseFloat) and ignores others;
+    # service.go ValidateAlgorithmSettings needs >= 2 double/int parameters for cmaes.
+    "cmaes": KatibAlgorithm(
+        "goptuna",
+        _GOPTUNA,
+        {
+            "random_state": KatibSetting("an integer", _int()),
+            "sigma": KatibSetting("a number", _float()),
+            "restart_strategy": KatibSetting(
+                "one of ipop, bipop, none", _one_of("ipop", "bipop", "none")
+            ),
+        },
+    ),
+    # goptuna: sobol.NewSampler() takes no settings
+    "sobol": KatibAlgorithm("goptuna", _GOPTUNA, {}),
+    # skopt: OptimizerConfiguration._validate_bayesianoptimization_setting
+    "bayesianoptimization": KatibAlgorithm(
+        "skopt",
+        _SKOPT,
+        {
+            "base_estimator": KatibSetting(
+                "one of GP, RF, ET, GBRT", _one_of("GP", "RF", "ET", "GBRT")
+            ),
+            "n_initial_points": KatibSetting("an integer >= 0", _int(0)),
+            "acq_func": KatibSetting(
+                "one of gp_hedge, LCB, EI, PI, EIps, PIps",
+                _one_of("gp_hedge", "LCB", "EI", "PI", "EIps", "PIps"),
+            ),
+            "acq_optimizer": KatibSetting(
+                "one of auto, sampling, lbfgs", _one_of("auto", "sampling", "lbfgs")
+            ),
+            "random_state": _RANDOM_STATE,
+        },
+    ),
+    # hyperband: HyperbandService.ValidateAlgorithmSettings; r_l and resource_name required,
+    # parallelTrialCount >= eta**floor(log(r_l)/log(eta)). Its other settings (s_max, b_l, n,
+    # r, current_s, current_i, evaluating_trials) are the service's own bracket state.
+    "hyperband": KatibAlgorithm(
+        "hyperband",
+        _HYPERBAND,
+        {
+            "eta": KatibSetting("a number >= 2", _float(lambda v: int(v) >= 2)),
+            "r_l": KatibSetting("a number > 1", _float(lambda v: v > 1)),
+            "resource_name": KatibSetting("an int parameter of the space", lambda t: bool(t)),
+        },
+        required=frozenset({"r_l", "resource_name"}),
+    ),
 }
+#: Algorithm names docsort accepts (every Katib hyperparameter algorithm except pbt).
+ALGORITHMS: tuple[str, ...] = tuple(sorted(KATIB_ALGORITHMS))
 EARLY_STOPPING: dict[str, frozenset[str]] = {
     "medianstop": frozenset({"min_trials_required", "start_step"}),
 }
@@ -401,13 +532,13 @@ def _parse_space(data: dict[str, Any], *, name: str, where: str) -> SearchSpace:
         raise _bad(where, "algorithm must be a mapping with name and settings")
     _unknown_keys(where, "algorithm", alg, {"name", "settings"})
     alg_name = alg.get("name", "random")
-    if alg_name not in ALGORITHMS:
-        raise _bad(where, f"algorithm.name: unknown {alg_name!r}; choose from {sorted(ALGORITHMS)}")
+    if alg_name not in KATIB_ALGORITHMS:
+        raise _bad(where, f"algorithm.name: unknown {alg_name!r}; choose from {list(ALGORITHMS)}")
     settings = alg.get("settings") or {}
     if not isinstance(settings, dict):
         raise _bad(where, "algorithm.settings must be a mapping")
-    _unknown_keys(where, f"algorithm.settings for {alg_name}", settings, ALGORITHMS[alg_name])
     settings = {str(k): format_value(v) for k, v in settings.items()}
+    check_algorithm_settings(alg_name, settings, where=where)
 
     es = data.get("early_stopping")
     es_name, es_settings = None, {}
@@ -444,7 +575,7 @@ def _parse_space(data: dict[str, Any], *, name: str, where: str) -> SearchSpace:
             f"max_failed_trial_count ({max_failed}) must be <= max_trial_count ({max_trials})",
         )
 
-    _check_algorithm(where, alg_name, settings, params, parallel, es_name)
+    _check_algorithm(where, alg_name, settings, params, parallel, es_name, max_trials)
 
     overrides = data.get("overrides") or []
     if not isinstance(overrides, list):
@@ -473,6 +604,54 @@ def _parse_space(data: dict[str, Any], *, name: str, where: str) -> SearchSpace:
     )
 
 
+def check_algorithm_settings(
+    algorithm: str, settings: Mapping[str, str], *, where: str = "algorithm.settings"
+) -> None:
+    """Refuse a setting the algorithm's Katib suggestion service refuses, in one line.
+
+    The line names the algorithm, the service and the names it accepts, so a space
+    that would leave the Suggestion Failed on a cluster never starts a trial.
+    """
+    spec = KATIB_ALGORITHMS[algorithm]
+    allowed = ", ".join(spec.settings) or "none"
+    service = f"Katib's {spec.service} suggestion service"
+    for name, value in settings.items():
+        rule = spec.settings.get(name)
+        if rule is None:
+            raise _bad(
+                where,
+                f"algorithm {algorithm} runs on {service}, which refuses setting {name!r}; "
+                f"it accepts: {allowed}",
+            )
+        if not rule.ok(str(value)):
+            raise _bad(
+                where,
+                f"algorithm {algorithm} ({service}): {name}={value} must be {rule.rule}",
+            )
+    missing = sorted(spec.required - set(settings))
+    if missing:
+        raise _bad(where, f"algorithm {algorithm} ({service}) needs algorithm.settings {missing}")
+
+
+def grid_values(params: Sequence[Param]) -> dict[str, list[Any]]:
+    """Every grid point per parameter, as Katib's grid builds them (lists, int and double steps).
+
+    kubeflow/katib v0.19.0 pkg/suggestion/v1beta1/internal/search_space.py
+    ``convert_to_combinations``: ``range(min, max + 1, step)`` for ints (step 1 by
+    default), ``arange(min, max + step, step)`` without points past ``max`` for doubles.
+    """
+    grid: dict[str, list[Any]] = {}
+    for p in params:
+        if p.type == "categorical":
+            grid[p.name] = list(p.choices)
+        elif p.type == "int":
+            grid[p.name] = list(range(int(p.min), int(p.max) + 1, int(p.step or 1)))
+        else:
+            n = int(math.floor((p.max - p.min) / p.step + 1e-9))
+            grid[p.name] = [round(p.min + i * p.step, 12) for i in range(n + 1)]
+    return grid
+
+
 def _check_algorithm(
     where: str,
     alg: str,
@@ -480,8 +659,9 @@ def _check_algorithm(
     params: Sequence[Param],
     parallel: int,
     early_stopping: str | None,
+    max_trials: int,
 ) -> None:
-    """Rules Katib's suggestion services enforce, checked here so both backends agree."""
+    """Rules Katib's suggestion services enforce on the parameters, so both backends agree."""
     if alg == "grid":
         for p in params:
             if p.type == "double" and p.step is None:
@@ -490,24 +670,25 @@ def _check_algorithm(
                 raise _bad(
                     where, f"grid cannot sample {p.name!r} on a log scale; list values instead"
                 )
-    if alg == "cmaes" and all(p.type == "categorical" for p in params):
-        raise _bad(where, "cmaes needs at least one double or int parameter")
+        size = math.prod(len(v) for v in grid_values(params).values())
+        if max_trials > size:
+            # optuna service.py _validate_grid_setting: maxTrialCount <= all combinations
+            raise _bad(where, f"grid has {size} points but max_trial_count is {max_trials}")
+    numeric = [p for p in params if p.type != "categorical"]
+    if alg == "cmaes" and len(numeric) < 2:
+        # goptuna service.go ValidateAlgorithmSettings
+        raise _bad(where, "cmaes needs at least two double or int parameters")
     if alg == "hyperband":
         if early_stopping:
             raise _bad(where, "hyperband stops trials itself; remove early_stopping")
-        missing = {"resource_name", "r_l"} - set(settings)
-        if missing:
-            raise _bad(where, f"hyperband needs algorithm.settings {sorted(missing)}")
         resource = settings["resource_name"]
         if resource not in {p.name for p in params if p.type == "int"}:
             ints = [p.name for p in params if p.type == "int"]
             raise _bad(
                 where, f"hyperband resource_name must be an int parameter; choose from {ints}"
             )
-        r_l = float(_number(where, "hyperband r_l", settings["r_l"]))
-        eta = int(float(_number(where, "hyperband eta", settings.get("eta", 3))))
-        if r_l <= 1 or eta < 2:
-            raise _bad(where, "hyperband needs r_l > 1 and eta >= 2")
+        r_l = float(settings["r_l"])
+        eta = int(float(settings.get("eta", 3)))
         need = math.ceil(eta ** int(math.log(r_l) / math.log(eta)))
         if parallel < need:
             raise _bad(

@@ -15,8 +15,6 @@ submission. The numeric work lives in ``ensemble``, ``ablation``,
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -34,10 +32,11 @@ from docsort import ensemble as ens
 from docsort import members as mem
 from docsort import storage
 from docsort.ablation import Ablation, tta_ablation
-from docsort.atomic import atomic_path
-from docsort.data import read_hardcases, read_meta
+from docsort.atomic import atomic_path, scratch_dir
+from docsort.data import read_meta, read_table
 from docsort.errors import ConfigError, DocsortError
 from docsort.hardcase_compare import Comparison, compare_candidates, text_table
+from docsort.outputs import stage
 from docsort.prepared import Prepared
 from docsort.probs import align, read_probs, write_probs
 from docsort.submit import submit
@@ -92,6 +91,7 @@ def pooled_ablation(
     return tta_ablation(per_view, targets, merge=merge, subsets=subsets), n
 
 
+@stage("tta-ablation", inputs=("models",), folder="out", files=("summary",))
 def ablate_tta(
     models: Sequence[str | os.PathLike],
     out: str | os.PathLike | None = None,
@@ -226,7 +226,7 @@ def load_ablation(folder: str | os.PathLike) -> Ablation:
                 f"not a TTA ablation folder (no {name}); run `docsort tta-ablation`",
                 file=str(folder),
             )
-    table = pd.read_csv(folder / "ablation.csv", keep_default_na=False)
+    table = read_table(folder / "ablation.csv", text=("views", "family"), ids=None)
     info = json.loads((folder / "recommended.json").read_text())
     return Ablation(table=table, recommended=tuple(info["views"]), merge=info["merge"])
 
@@ -336,6 +336,7 @@ def _write_candidate(
     (tmp / "candidate.json").write_text(json.dumps(info, indent=2))
 
 
+@stage("candidate", inputs=("predictions", "models", "prepared"), folder="out")
 def ensemble(
     predictions: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -394,7 +395,7 @@ def ensemble(
             )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".ensemble-predict.") as work:
+    with scratch_dir(out) as work:
         preds = []
         for i, m in enumerate(models):
             preds.append(
@@ -546,6 +547,7 @@ def format_method_report(rep: ens.MethodReport, rows: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+@stage("candidates", inputs=("predictions", "models"), folder="out")
 def ensemble_candidates(
     predictions: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -607,6 +609,7 @@ def _fetch_checkpoint(ckpt: str, workdir: Path) -> Path:
     return p
 
 
+@stage("candidate", inputs=("spec", "prepared"), folder="out")
 def run_candidate(
     spec: str | os.PathLike,
     prepared: str | os.PathLike,
@@ -623,7 +626,7 @@ def run_candidate(
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".candidate-fetch.") as work:
+    with scratch_dir(out) as work:
         spec_obj = ens.load_spec(_fetch_spec(spec, Path(work)))
         prep = Prepared(Path(prepared))
         checkpoints = [_fetch_checkpoint(m.checkpoint, Path(work)) for m in spec_obj.members]
@@ -705,39 +708,43 @@ def prepare_for_candidates(
 # ---------------------------------------------------------------- hard cases
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
+@stage(
+    "comparison",
+    inputs=("prepared", "candidates", "hardcases"),
+    folder="out",
+    files=("summary",),
+)
 def compare_hardcases(
     prepared: str | os.PathLike,
     candidates: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
     summary: str | os.PathLike | None = None,
+    hardcases: str | os.PathLike | None = None,
 ) -> Path:
-    """Score each candidate folder on the prepared hardcases.csv; write the table and the winner.
+    """Score each candidate folder on the current hard cases; write the table and the winner.
 
     Arguments may be candidate folders (``docsort ensemble`` / ``docsort
-    candidate run``) or folders holding several. Without any hard case on a
-    test image the policy falls through to OOF macro F1, and the table says so.
-    ``summary`` gets a copy of ``comparison.md`` (a KFP Markdown output).
+    candidate run``) or folders holding several. The verdicts are the data
+    root's hardcases.csv as it is now, or ``hardcases`` (see
+    :func:`docsort.hardcases.current_hardcases`): a verdict added after
+    ``prepare`` counts. Without any hard case on a test image the policy falls
+    through to OOF macro F1, and the table says so. ``summary`` gets a copy of
+    ``comparison.md`` (a KFP Markdown output).
     """
+    from docsort.hardcases import current_hardcases
+
     prep = Prepared(Path(prepared))
     meta = read_meta(prep.root / "meta.csv")
-    hard_path = prep.file("hardcases.csv")
-    if hard_path is not None:
-        hard = read_hardcases(hard_path, meta)
-        hard = hard[hard["ID"].isin(set(prep.test_ids))]
-    else:
-        hard = pd.DataFrame({"ID": [], "target": [], "note": [], "kind": []})
+    verdicts = current_hardcases(prep, hardcases)
+    hard = verdicts.rows[verdicts.rows["ID"].isin(set(prep.test_ids))]
     cand_probs, oof, members, dirs = {}, {}, {}, {}
     for c in expand_candidates(candidates):
         info = json.loads((c / "candidate.json").read_text())
         name = info["name"]
         if name in cand_probs:
             raise DocsortError(f"two candidates are named {name!r}", file=str(c))
-        ids, probs, _ = read_probs(c / "probs.csv")
+        ids, probs, _ = read_probs(c / "probs.csv", meta.num_classes)
         missing = set(prep.test_ids) - set(ids)
         if missing:
             raise DocsortError(
@@ -769,6 +776,7 @@ def compare_hardcases(
                 "No hard case is a test image (add some with `docsort hardcases add`): the winner is chosen on OOF macro F1.\n\n"
                 + text
             )
+        text = f"{verdicts.describe(len(hard))}\n\n{text}"
         (tmp / "comparison.txt").write_text(text)
         (tmp / "comparison.md").write_text(
             f"# Hard-case comparison\n\nWinner: **{cmp.winner}**\n\n```\n{text}\n```\n"
@@ -779,7 +787,9 @@ def compare_hardcases(
             "policy": cmp.policy,
             "candidates": {n: str(Path(d).resolve()) for n, d in dirs.items()},
             "hardcases": len(hard),
-            "hardcases_sha256": _sha256_file(hard_path) if hard_path is not None else None,
+            "hardcases_file": verdicts.file,
+            "hardcases_verdicts": len(verdicts.rows),
+            "hardcases_sha256": verdicts.sha256,
         }
         (tmp / "winner.json").write_text(json.dumps(record, indent=2))
     if summary is not None:
@@ -796,14 +806,12 @@ def load_comparison(folder: str | os.PathLike) -> Comparison:
                 f"not a hard-case comparison folder (no {name}); run `docsort hardcases compare`",
                 file=str(folder),
             )
-    per_image = pd.read_csv(
+    per_image = read_table(
         folder / "per_image.csv",
-        dtype={"ID": str, "note": str, "kind": str, "truth": str},
-        keep_default_na=False,
+        text=lambda c: c in ("note", "kind", "truth") or c.endswith((":pred", ":ok")),
     )
-    per_candidate = pd.read_csv(folder / "per_candidate.csv")
-    per_candidate["candidate"] = per_candidate["candidate"].astype(str)
-    pairwise = pd.read_csv(folder / "pairwise.csv", dtype={"a": str, "b": str})
+    per_candidate = read_table(folder / "per_candidate.csv", text=("candidate",), ids="candidate")
+    pairwise = read_table(folder / "pairwise.csv", text=("a", "b"), ids=None)
     record = json.loads((folder / "winner.json").read_text())
     names = [c[: -len(":pred")] for c in per_image.columns if c.endswith(":pred")] or per_candidate[
         "candidate"
@@ -832,38 +840,45 @@ class ReportResult:
     accuracy: float
     class_names: list[str]
     confusion: np.ndarray
+    hardcases: tuple[str, ...] = ()  # which hard-case file(s) it used, with how many verdicts
 
 
 ON_CHOICES = ("auto", "oof", "test", "hardcases")
 
 
 def _labelled_set(
-    prep: Prepared, cand: Path, on: str
-) -> tuple[str, list[str], np.ndarray, np.ndarray, str]:
+    prep: Prepared, cand: Path, on: str, hardcases: str | os.PathLike | None = None
+) -> tuple[str, list[str], np.ndarray, np.ndarray, str, str | None]:
     """(kind, ids, targets, probs, split) the report is computed on; ``auto`` takes the first available.
 
     Order for ``auto``: the candidate's OOF predictions on the training images
     (the largest labelled set, and where wrong training labels show up), then
-    the test labels (demo data only), then the hard cases.
+    the test labels (demo data only), then the hard cases: the current file
+    (:func:`docsort.hardcases.current_hardcases`), whose description is the last item.
     """
+    from docsort.hardcases import current_hardcases
+
     ens.check_choice(on, ON_CHOICES, "report set")
     order = ["oof", "test", "hardcases"] if on == "auto" else [on]
     for kind in order:
         if kind == "oof" and (cand / "oof.csv").is_file():
             ids, probs, df = read_probs(cand / "oof.csv")
             if len(ids):
-                return kind, ids, df["target"].to_numpy(dtype=np.int64), probs, "train"
+                return kind, ids, df["target"].to_numpy(dtype=np.int64), probs, "train", None
         elif kind in ("test", "hardcases"):
-            f = prep.file("test_labels.csv" if kind == "test" else "hardcases.csv")
-            if f is None:
-                continue
+            used = None
             if kind == "test":
-                labels = pd.read_csv(f, dtype={"ID": str})
+                f = prep.file("test_labels.csv")
+                if f is None:
+                    continue
+                labels = read_table(f, required=("target",))
             else:
-                labels = read_hardcases(f, read_meta(prep.root / "meta.csv"))
+                verdicts = current_hardcases(prep, hardcases)
+                labels = verdicts.rows
                 labels = labels[
                     labels["ID"].isin(set(prep.test_ids)) & (labels["kind"] != "label_error")
                 ]
+                used = verdicts.describe(len(labels))
             if labels.empty:
                 continue
             ids, probs, _ = read_probs(cand / "probs.csv")
@@ -874,6 +889,7 @@ def _labelled_set(
                 labels["target"].to_numpy(dtype=np.int64),
                 align(ids, probs, ids_l, source=str(cand / "probs.csv")),
                 "test",
+                used,
             )
     wanted = "OOF predictions (oof.csv), test_labels.csv or hardcases.csv" if on == "auto" else on
     raise DocsortError(
@@ -892,7 +908,7 @@ def image_loader(prep: Prepared, split: str):
     """ID -> image array: the original file when the dataset root is a local folder, else the prepared cache."""
     from PIL import Image
 
-    from docsort.data import image_path
+    from docsort.data import image_path, upright
 
     source = prep.info.get("source")
     root = Path(source) / split if source and not storage.is_s3(source) else None
@@ -908,6 +924,7 @@ def image_loader(prep: Prepared, split: str):
                 if p.is_file():
                     with Image.open(p) as im:
                         im.draft("L", (320, 320))
+                        im = upright(im)  # as the model saw it: EXIF orientation applied
                         im.thumbnail((320, 320))
                         return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
             except (OSError, ValueError, DocsortError):
@@ -942,6 +959,12 @@ def _candidate_ablation(cand: Path) -> Ablation | None:
     return pooled_ablation(views, spec.tta_merge, "all")[0]
 
 
+@stage(
+    "report",
+    inputs=("prepared", "candidate", "comparison", "ablation", "hardcases"),
+    files=("html", "summary"),
+    into=("comparison",),
+)
 def error_report(
     prepared: str | os.PathLike,
     candidate: str | os.PathLike | None,
@@ -954,13 +977,16 @@ def error_report(
     max_gallery: int = 500,
     metrics=None,
     confusion=None,
+    hardcases: str | os.PathLike | None = None,
 ) -> ReportResult:
     """Write the error notebook (HTML) and its Markdown summary for one candidate.
 
     ``candidate`` defaults to the comparison's winner. The TTA ablation comes
     from ``ablation`` (a ``docsort tta-ablation`` folder) or, when omitted, is
-    computed from the candidate members' stored per-view OOF logits.
-    ``metrics``/``confusion`` (KFP ``Metrics``/``ClassificationMetrics``
+    computed from the candidate members' stored per-view OOF logits. Hard
+    cases are the current file (``hardcases`` or the data root's); the result
+    says which file the report and the comparison used, and whether the file
+    changed since the comparison was made. ``metrics``/``confusion`` (KFP ``Metrics``/``ClassificationMetrics``
     outputs) receive macro F1, accuracy and the confusion matrix.
     """
     from docsort.report import write_report, write_summary_md
@@ -985,8 +1011,11 @@ def error_report(
         if (cand / "candidate.json").is_file()
         else cand.name
     )
-    kind, ids, targets, probs, split = _labelled_set(prep, cand, on)
+    kind, ids, targets, probs, split, used = _labelled_set(prep, cand, on, hardcases)
     cmp = load_comparison(comparison) if comparison is not None else None
+    said = ([used] if used else []) + (
+        [_comparison_verdicts(prep, Path(comparison), hardcases)] if comparison is not None else []
+    )
     abl = load_ablation(ablation) if ablation is not None else _candidate_ablation(cand)
     tables = []
     if (cand / "ensemble_report.csv").is_file():
@@ -994,7 +1023,7 @@ def error_report(
             (
                 "ensemble-methods",
                 "Ensemble methods on OOF (nested CV)",
-                pd.read_csv(cand / "ensemble_report.csv"),
+                read_table(cand / "ensemble_report.csv", ids=None),
             )
         )
     if (cand / "calibration.csv").is_file():
@@ -1002,12 +1031,14 @@ def error_report(
             (
                 "calibration",
                 "Temperature scaling per member (ECE before/after)",
-                pd.read_csv(cand / "calibration.csv"),
+                read_table(cand / "calibration.csv", ids=None),
             )
         )
     html = Path(html)
     title = f"docsort error report: {name}"
-    note = f"Computed on {_SET_TEXT[kind]}."
+    note = " ".join(
+        [f"Computed on {_SET_TEXT[kind]}.", *(f"{line[0].upper()}{line[1:]}." for line in said)]
+    )
     write_report(html, class_names=prep.class_names, ids=ids, targets=targets, probs=probs, image_loader=image_loader(prep, split),
                  comparison=cmp, ablation=abl, title=title, note=note, tables=tables, max_gallery=max_gallery)  # fmt: skip
     md = Path(summary) if summary is not None else html.with_name("summary.md")
@@ -1024,10 +1055,28 @@ def error_report(
     preds = probs.argmax(1)
     result = ReportResult(html=html, summary=md, on=kind, images=len(ids), macro_f1=macro_f1(targets, preds),
                           accuracy=accuracy(targets, preds), class_names=prep.class_names,
-                          confusion=confusion_matrix(targets, preds, prep.num_classes))  # fmt: skip
+                          confusion=confusion_matrix(targets, preds, prep.num_classes), hardcases=tuple(said))  # fmt: skip
     if metrics is not None or confusion is not None:
         log_report_metrics(result, metrics, confusion)
     return result
+
+
+def _comparison_verdicts(
+    prep: Prepared, comparison: Path, hardcases: str | os.PathLike | None
+) -> str:
+    """Which hard-case file a comparison used, and whether that file has changed since."""
+    from docsort.hardcases import current_hardcases
+
+    record = json.loads((comparison / "winner.json").read_text())
+    file, n = record.get("hardcases_file"), record.get("hardcases_verdicts")
+    line = f"hard cases in the comparison: {file or 'unknown file'}" + (
+        f" ({n} verdicts, {record.get('hardcases')} used)" if n is not None else ""
+    )
+    with contextlib.suppress(DocsortError):  # a broken current file is for compare to refuse
+        now = current_hardcases(prep, hardcases)
+        if now.sha256 != record.get("hardcases_sha256"):
+            line += f"; {now.file} has changed since: run `docsort hardcases compare` again"
+    return line
 
 
 def log_report_metrics(result: ReportResult, metrics=None, classification=None) -> None:
@@ -1051,32 +1100,18 @@ def log_report_metrics(result: ReportResult, metrics=None, classification=None) 
 # ---------------------------------------------------------------- submission
 
 
+@stage("submission", inputs=("prepared", "candidate"), folder="out", mode="add")
 def submit_candidate(
     prepared: str | os.PathLike,
     candidate: str | os.PathLike,
     out: str,
     *,
-    now: dt.datetime | None = None,
+    version: str | None = None,
 ) -> str:
-    """Submit a candidate folder's test predictions with its spec, checkpoint hashes and views as lineage."""
+    """Submit a candidate folder: :func:`docsort.submit.submit` on its probs.csv (lineage from its spec)."""
     cand = Path(candidate)
-    spec = ens.load_spec(cand / "candidate.yaml")
-    files: list[Path] = []
-    for m in spec.members:
-        if not storage.is_s3(m.checkpoint) and Path(m.checkpoint).exists():
-            with contextlib.suppress(DocsortError):  # a prediction folder, not a model
-                files += mem.checkpoint_files(m.checkpoint)
-    views = list(dict.fromkeys(v for i in range(len(spec.members)) for v in spec.views_of(i)))
-    return submit(
-        prepared,
-        cand / "probs.csv",
-        str(out),
-        candidate=spec.name,
-        spec=spec.to_dict(),
-        checkpoints=files,
-        views=views,
-        now=now,
-    )
+    ens.load_spec(cand / "candidate.yaml")  # a candidate folder must carry its spec
+    return submit(prepared, cand / "probs.csv", str(out), version=version)
 
 
 def submit_winner(
@@ -1087,10 +1122,10 @@ def submit_winner(
 ) -> str:
     """Submit the winning candidate of a hard-case comparison (also to ``output_root`` if given, same version name)."""
     winner = Path(comparison) / "winner"
-    now = dt.datetime.now(dt.UTC)
-    uri = submit_candidate(prepared, winner, str(out), now=now)
+    uri = submit_candidate(prepared, winner, str(out))
     if output_root:
-        uri = submit_candidate(prepared, winner, output_root, now=now)
+        version = uri.rsplit("/", 1)[-1].removesuffix(".csv")
+        uri = submit_candidate(prepared, winner, output_root, version=version)
     return uri
 
 
@@ -1102,7 +1137,7 @@ def score_against_labels(prepared: str | os.PathLike, probs: str | os.PathLike) 
     labels = prep.file("test_labels.csv")
     if labels is None:
         return None
-    df = pd.read_csv(labels, dtype={"ID": str})
+    df = read_table(labels, required=("target",))
     ids, p, _ = read_probs(probs)
     return macro_f1(
         df["target"].to_numpy(), align(ids, p, df["ID"].tolist(), source=str(probs)).argmax(1)

@@ -36,8 +36,9 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from docsort.atomic import atomic_path
-from docsort.errors import ConfigError, DocsortError
+from docsort.atomic import atomic_path, remove_stale_temps, temp_name
+from docsort.errors import ConfigError, DocsortError, redact
+from docsort.outputs import read_marker, write_marker
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +75,6 @@ def join(uri: str | os.PathLike, *parts: str) -> str:
 
 
 # ---------------------------------------------------------------- S3 client
-
-
-def _redact(text: str) -> str:
-    """Replace any credential value found in ``text`` with ``***``."""
-    for name in _SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
 
 
 def _retry_config() -> dict[str, Any]:
@@ -153,13 +145,13 @@ def _s3_errors(uri: str) -> Iterator[None]:
         )
         if code in ("404", "NoSuchKey"):
             message = "object not found"
-        raise DocsortError(_redact(f"S3 {code}: {message}"), file=uri) from None
+        raise DocsortError(redact(f"S3 {code}: {message}"), file=uri) from None
     except NoCredentialsError:
         raise DocsortError(
             "S3 NoCredentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", file=uri
         ) from None
     except (BotoCoreError, Boto3Error) as e:
-        raise DocsortError(_redact(f"S3 {type(e).__name__}: {e}"), file=uri) from None
+        raise DocsortError(redact(f"S3 {type(e).__name__}: {e}"), file=uri) from None
 
 
 def _transfer_config() -> Any:
@@ -254,6 +246,73 @@ def write_bytes_atomic(uri: str | os.PathLike, data: bytes) -> str:
             tmp.write_bytes(data)
         return str(uri)
     return _upload_stream(io.BytesIO(data), str(uri), len(data))
+
+
+def write_bytes_new(uri: str | os.PathLike, data: bytes) -> str:
+    """Create ``uri`` with ``data``, complete when visible; ``FileExistsError`` if it exists.
+
+    For names that must never be reused (submission versions), written by
+    processes that may run at the same moment. Local: a temporary file is
+    hard-linked to the name (the link fails if the name exists; where hard
+    links are not supported, ``O_CREAT | O_EXCL`` claims the name). S3: one
+    PutObject with ``If-None-Match: *`` (a conditional write: the store
+    refuses it with 412 when the key exists).
+    """
+    if not is_s3(uri):
+        final = Path(uri)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(final)  # a killed run's leftovers (dead owner process)
+        tmp = temp_name(final)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except OSError as err:
+                err.filename = err.filename or str(final)  # a full disk names the file
+                raise
+            os.chmod(tmp, 0o666 & ~_umask())
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links here (some network or FUSE file systems)
+                fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+        finally:
+            os.unlink(tmp)
+        return str(uri)
+    from botocore.exceptions import ClientError
+
+    bucket, key = split(str(uri))
+    with _s3_errors(str(uri)):
+        try:
+            client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                raise FileExistsError(str(uri)) from None
+            raise
+    log.info("wrote %s (%d bytes)", uri, len(data))
+    return str(uri)
+
+
+def remove(uri: str | os.PathLike) -> None:
+    """Remove one file this run wrote (undoing a half-done write); a missing one is fine."""
+    if not is_s3(uri):
+        Path(uri).unlink(missing_ok=True)
+        return
+    bucket, key = split(str(uri))
+    with _s3_errors(str(uri)):
+        client().delete_object(Bucket=bucket, Key=key)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would, for every thread)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(ln for ln in status if ln.startswith("Umask:")).split()[1], 8)
+    return 0o022
 
 
 def write_text_atomic(uri: str | os.PathLike, text: str) -> str:
@@ -365,7 +424,11 @@ def localize(
                 return target
         except json.JSONDecodeError:
             pass
-    with atomic_path(target, is_dir=True) as tmp:
+    if target.is_dir() and read_marker(target) is None:
+        # a mirror under docsort's own download cache, torn by an older docsort or a crash:
+        # the folder is docsort's by where it is, so it may be replaced
+        write_marker(target, "download")
+    with atomic_path(target, is_dir=True, kind="download") as tmp:
         _download(uri, tmp, listing, progress=progress, workers=8)
         (tmp / MANIFEST).write_text(json.dumps(listing, sort_keys=True), encoding="utf-8")
     return target

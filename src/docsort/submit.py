@@ -2,28 +2,38 @@
 
 Layout under the output root (a folder or ``s3://`` prefix)::
 
-    submissions/<UTC timestamp>-<candidate>.csv
-    submissions/<UTC timestamp>-<candidate>.lineage.json
+    submissions/<UTC time>-<candidate>-<random>.csv
+    submissions/<UTC time>-<candidate>-<random>.lineage.json
     submissions/latest.json        {"submission": ..., "lineage": ...}
 
-Each object is complete before it becomes visible (rename locally, one PUT on
-S3). The lineage goes first, the CSV second, ``latest.json`` last: so any CSV
-that exists has its lineage beside it, and a failure at any point (an S3
-endpoint dying mid-upload, a full disk) leaves the previous ``latest`` pointing
-at a complete submission. What a failed run can leave is a lineage record
-without its CSV, which nothing treats as a submission.
+A version name is never reused: the random part makes two submissions of one
+candidate in the same second distinct, and each file is created exclusively
+(a hard link, or S3's ``If-None-Match: *``), so even a collision cannot
+overwrite a version. Each object is complete before it becomes visible (rename
+locally, one PUT on S3). The lineage goes first, the CSV second, ``latest.json``
+last (replaced atomically): so any CSV that exists has its lineage beside it,
+and a failure at any point (an S3 endpoint dying mid-upload, a full disk)
+leaves ``latest`` pointing at a complete submission. What a failed run can
+leave is a lineage record without its CSV, which nothing treats as a submission.
+
+Every route (``docsort submission``, ``docsort candidate submit``, the
+pipelines' submit task) goes through :func:`submit`, which reads the lineage
+from the files beside ``probs.csv``: the candidate spec (``candidate.yaml``)
+or a single model's ``predict.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
 import json
 import os
 import re
+import secrets
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +42,13 @@ import pandas as pd
 from docsort import __version__, storage
 from docsort.data import Meta, parse_ids, read_csv, read_meta
 from docsort.errors import DocsortError
+from docsort.outputs import stage
 from docsort.prepared import Prepared
-from docsort.probs import align, read_probs
+from docsort.probs import align, check_probs, read_probs
 
 
-def check_probs(
-    ids: Sequence[str], probs: np.ndarray, sample_ids: Sequence[str], *, source: str
-) -> None:
-    """Refuse a probability table that cannot be the one for this test set: duplicate or
-    unknown IDs, values that are not probabilities (NaN, inf, negative, above 1)."""
-    seen: dict[str, int] = {}
-    for row, i in enumerate(ids, start=1):
-        if i in seen:
-            raise DocsortError(f"duplicate ID {i!r} (first at row {seen[i]})", file=source, row=row)
-        seen[i] = row
+def check_known(ids: Sequence[str], sample_ids: Sequence[str], *, source: str) -> None:
+    """Refuse a probability table with IDs that are not test images of this dataset."""
     known = set(sample_ids)
     extra = [(row, i) for row, i in enumerate(ids, start=1) if i not in known]
     if extra:
@@ -54,12 +57,6 @@ def check_probs(
             f"ID {first!r} is not in sample_submission.csv ({len(extra)} such rows)",
             file=source,
             row=row,
-        )
-    bad = ~np.isfinite(probs) | (probs < 0) | (probs > 1 + 1e-3)
-    if bad.any():
-        r, k = (int(v) for v in np.argwhere(bad)[0])
-        raise DocsortError(
-            f"p{k}={float(probs[r, k])!r} is not a probability", file=source, row=r + 1
         )
 
 
@@ -71,7 +68,8 @@ def build_submission(
         raise DocsortError(
             f"has {probs.shape[1]} classes, meta.csv has {meta.num_classes}", file=source
         )
-    check_probs(ids, probs, sample_ids, source=source)
+    check_probs(ids, probs, source=source)
+    check_known(ids, sample_ids, source=source)
     ordered = align(ids, probs, sample_ids, source=source)
     df = pd.DataFrame({"ID": list(sample_ids), "target": ordered.argmax(1).astype(int)})
     validate_submission(df, sample_ids, meta, source=source)
@@ -127,18 +125,79 @@ def code_version() -> str:
     return __version__
 
 
+def lineage_of(probs: str | os.PathLike) -> dict:
+    """Where ``probs`` came from, read from the files ``docsort`` writes beside it.
+
+    ``candidate.yaml`` (a candidate folder from ``docsort ensemble`` or
+    ``candidate run``) gives the spec, its members' checkpoint hashes and TTA
+    views; ``predict.json`` (one model's ``docsort predict`` folder) gives the
+    model and its views. A table with neither is still submitted (it may come
+    from outside docsort), but its lineage says ``"spec": null`` and why.
+    """
+    from docsort import ensemble as ens
+
+    folder = Path(probs).parent
+    spec_file = folder / "candidate.yaml"
+    if spec_file.is_file():
+        spec = ens.load_spec(spec_file)
+        checkpoints = {k: v for m in spec.members for k, v in _hashes(m.checkpoint).items()}
+        views = list(dict.fromkeys(v for i in range(len(spec.members)) for v in spec.views_of(i)))
+        return {"name": spec.name, "spec_file": str(spec_file.resolve()), "spec": spec.to_dict(),
+                "checkpoints": checkpoints, "tta_views": views}  # fmt: skip
+    run = folder / "predict.json"
+    if run.is_file():
+        try:
+            info = json.loads(run.read_text())
+            model, views = str(info["model"]), [str(v) for v in info["views"]]
+        except (ValueError, KeyError, TypeError):
+            raise DocsortError(
+                "not a prediction record (needs model and views)", file=str(run)
+            ) from None
+        return {"name": None, "spec_file": None, "spec": None,
+                "spec_note": f"a single model's predictions ({run.name}): no candidate spec",
+                "model": model, "checkpoints": _hashes(model),
+                "tta_views": views}  # fmt: skip
+    return {"name": None, "spec_file": None, "spec": None, "checkpoints": {}, "tta_views": [],
+            "spec_note": f"no candidate.yaml or predict.json beside {Path(probs).name}: "
+                         "where these probabilities came from is unknown"}  # fmt: skip
+
+
+def _hashes(checkpoint: str) -> dict[str, str | None]:
+    """sha256 of a member's weight files; ``None`` for one that cannot be hashed here (an S3 URI)."""
+    from docsort import members as mem
+
+    if not storage.is_s3(checkpoint) and Path(checkpoint).is_dir():
+        with contextlib.suppress(DocsortError):  # not a model folder: recorded by path below
+            return {str(f): _sha256(f) for f in mem.checkpoint_files(checkpoint)}
+    if not storage.is_s3(checkpoint) and Path(checkpoint).is_file():
+        return {checkpoint: _sha256(Path(checkpoint))}
+    return {checkpoint: None}
+
+
+def version_name(candidate: str, now: dt.datetime | None = None) -> str:
+    """``<UTC time>-<candidate>-<6 random hex>``: sorts by time, never the same twice."""
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{candidate}-{secrets.token_hex(3)}"
+
+
+@stage("submission", inputs=("prepared", "probs"), folder="out", mode="add")
 def submit(
     prepared: str | os.PathLike,
     probs: str | os.PathLike,
     out: str,
     *,
-    candidate: str = "candidate",
-    spec: Mapping | None = None,
-    checkpoints: Sequence[str | os.PathLike] = (),
-    views: Sequence[str] = (),
+    candidate: str | None = None,
     now: dt.datetime | None = None,
+    version: str | None = None,
 ) -> str:
-    """Write the submission for ``probs`` under ``out``; returns its URI."""
+    """Write the submission for ``probs`` under ``out`` with its full lineage; returns its URI.
+
+    ``candidate`` names the version (default: the spec's name beside ``probs``,
+    else ``candidate``). ``version`` reuses a name made by :func:`version_name`
+    (one submission written to two roots); it must be new under ``out``.
+    """
+    lineage_src = lineage_of(probs)
+    candidate = candidate or lineage_src["name"] or "candidate"
     if not re.fullmatch(r"[A-Za-z0-9._-]+", candidate):
         raise DocsortError(
             f"candidate name {candidate!r} may only use letters, digits, '.', '_' and '-'"
@@ -149,41 +208,59 @@ def submit(
         read_csv(prep.root / "sample_submission.csv", ("ID", "target")),
         file="sample_submission.csv",
     )
-    ids, p, _ = read_probs(probs)
+    ids, p, _ = read_probs(probs, meta.num_classes)
     df = build_submission(sample_ids, ids, p, meta, source=str(probs))
-    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
-    name = f"{stamp}-{candidate}"
     folder = storage.join(out, "submissions")
-    csv_uri = storage.join(folder, f"{name}.csv")
-    lineage_uri = storage.join(folder, f"{name}.lineage.json")
     buf = io.StringIO()
     df.to_csv(buf, index=False)
     data = buf.getvalue().encode()
+    now = now or dt.datetime.now(dt.UTC)
     lineage = {
-        "submission": f"{name}.csv",
         "sha256": hashlib.sha256(data).hexdigest(),
-        "created": stamp,
+        "created": now.strftime("%Y%m%dT%H%M%SZ"),
         "candidate": candidate,
-        "spec": dict(spec or {}),
+        **{k: v for k, v in lineage_src.items() if k != "name"},
         "data_fingerprint": prep.info.get("fingerprint"),
-        "checkpoints": {
-            str(c): _sha256(Path(c) / "model.safetensors" if Path(c).is_dir() else Path(c))
-            for c in checkpoints
-        },
-        "tta_views": list(views),
-        "probabilities": str(probs),
+        "probabilities": str(Path(probs).resolve()),
+        "probabilities_sha256": _sha256(Path(probs)),
         "code_version": code_version(),
         "rows": len(df),
         "class_counts": {
             meta.class_names[k]: int(v) for k, v in df["target"].value_counts().sort_index().items()
         },
     }
-    storage.write_text_atomic(lineage_uri, json.dumps(lineage, indent=2))
-    storage.write_bytes_atomic(csv_uri, data)
-    storage.write_text_atomic(
-        storage.join(folder, "latest.json"),
-        json.dumps({"submission": f"{name}.csv", "lineage": f"{name}.lineage.json"}, indent=2),
-    )
+    for attempt in range(8):
+        name = version or version_name(candidate, now)
+        lineage_uri = storage.join(folder, f"{name}.lineage.json")
+        record = {"submission": f"{name}.csv", **lineage}
+        try:
+            storage.write_bytes_new(lineage_uri, json.dumps(record, indent=2).encode())
+            break
+        except FileExistsError:
+            if version is not None or attempt == 7:
+                raise DocsortError(
+                    f"submission version {name} exists already; versions are never overwritten",
+                    file=lineage_uri,
+                ) from None
+    csv_uri = storage.join(folder, f"{name}.csv")
+    written = [lineage_uri]
+    try:
+        try:
+            storage.write_bytes_new(csv_uri, data)
+        except FileExistsError:
+            raise DocsortError(
+                "exists already without its lineage; versions are never overwritten", file=csv_uri
+            ) from None
+        written.append(csv_uri)
+        storage.write_text_atomic(
+            storage.join(folder, "latest.json"),
+            json.dumps({"submission": f"{name}.csv", "lineage": f"{name}.lineage.json"}, indent=2),
+        )
+    except BaseException:  # a full disk, a dead endpoint, Ctrl-C: a failed run leaves nothing
+        for uri in reversed(written):
+            with contextlib.suppress(Exception):
+                storage.remove(uri)
+        raise
     return csv_uri
 
 

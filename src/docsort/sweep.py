@@ -20,7 +20,9 @@ from typing import Any
 
 import yaml
 
+from docsort import storage
 from docsort.errors import ConfigError
+from docsort.outputs import stage
 
 # The sweep API in one place; the parts live in search_space, sweep_results and sweep_local.
 from docsort.search_space import (
@@ -34,7 +36,13 @@ from docsort.search_space import (
     trial_overrides,
 )
 from docsort.sweep_local import default_command, run_local_sweep
-from docsort.sweep_results import SweepFailed, SweepResult, write_outputs
+from docsort.sweep_results import (
+    SweepFailed,
+    SweepResult,
+    read_trial_record,
+    reusable_model,
+    write_outputs,
+)
 
 __all__ = [
     "METRICS_FORMAT",
@@ -48,9 +56,11 @@ __all__ = [
     "load_space",
     "override_key",
     "parse_metric_line",
+    "reusable_model",
     "run_katib_sweep",
     "run_local_sweep",
     "run_sweep",
+    "sweep_wait_s",
     "trial_overrides",
     "write_outputs",
 ]
@@ -66,13 +76,14 @@ def dry_run_yaml(
     space: str | os.PathLike | Mapping[str, Any] | SearchSpace = "default",
     *,
     name: str | None = None,
-    namespace: str = "docsort",
+    namespace: str = "",
     image: str | None = None,
     fixed_overrides: Sequence[str] = (),
     gpu: int | None = None,
     check_config: bool = True,
     n_trials: int | None = None,
     pod: Mapping[str, Any] | None = None,
+    trials_uri: str | None = None,
 ) -> str:
     """The Katib Experiment for ``docsort sweep DATA --backend katib --dry-run``, as YAML."""
     from docsort import katib
@@ -89,6 +100,8 @@ def dry_run_yaml(
         fixed_overrides=fixed_overrides,
         gpu=gpu,
         image_pull_policy=(pod or {}).get("image_pull_policy"),
+        image_pull_secrets=(pod or {}).get("image_pull_secrets") or (),
+        trials_uri=trials_uri,
     )
     return yaml.safe_dump(exp, sort_keys=False, default_flow_style=False, width=1000)
 
@@ -126,17 +139,18 @@ def with_pod(
     return replace(space, trial=trial)
 
 
+@stage("sweep", inputs=("data_uri",), folder="out_dir", mode="add")
 def run_katib_sweep(
     data_uri: str,
     space: str | os.PathLike | Mapping[str, Any] | SearchSpace,
     out_dir: str | os.PathLike,
     *,
     name: str | None = None,
-    namespace: str = "docsort",
+    namespace: str = "",
     image: str | None = None,
     fixed_overrides: Sequence[str] = (),
     gpu: int | None = None,
-    timeout_s: float = 6 * 3600,
+    timeout_s: float | None = None,
     poll_s: float = 15.0,
     api=None,
     core_api=None,
@@ -144,13 +158,17 @@ def run_katib_sweep(
     check_config: bool = True,
     n_trials: int | None = None,
     pod: Mapping[str, Any] | None = None,
+    trials_uri: str | None = None,
 ) -> SweepResult:
     """Create the Katib Experiment, wait for it, write ``trials.csv``/``best.json``.
 
     ``api``/``core_api`` default to clients from the in-cluster service account or
     ``kubeconfig``. ``n_trials`` caps the space's trial count; ``pod`` (node pool,
-    pull policy) comes from the k8s profile. On failure :class:`SweepFailed`
-    still leaves ``trials.csv``.
+    pull policy) comes from the k8s profile. ``timeout_s`` defaults to the
+    Experiment's worst case (:func:`docsort.katib.worst_case_s`). With
+    ``trials_uri`` (``s3://.../trials``) each trial keeps its member there and
+    ``best.json`` names the best one. On failure :class:`SweepFailed` still
+    leaves ``trials.csv``.
     """
     from docsort import katib
 
@@ -166,7 +184,13 @@ def run_katib_sweep(
         fixed_overrides=fixed_overrides,
         gpu=gpu,
         image_pull_policy=(pod or {}).get("image_pull_policy"),
+        image_pull_secrets=(pod or {}).get("image_pull_secrets") or (),
+        trials_uri=trials_uri,
     )
+    if not timeout_s:
+        timeout_s = katib.worst_case_s(exp) or 6 * 3600
+    if not trials_uri:
+        log.warning("no s3:// output for the trials: their members stay in their pods' /tmp")
     if api is None:
         api, core_api = katib.connect(kubeconfig)
     try:
@@ -177,6 +201,13 @@ def run_katib_sweep(
         if exc.result is not None:
             write_outputs(exc.result, out_dir, best=False)
         raise
+    if trials_uri and result.best_trial:
+        uri = storage.join(trials_uri, result.best_trial)
+        run = read_trial_record(uri)
+        if run is None:  # stopped early or killed: its pod never kept the member
+            log.info("best trial %s left no member under %s", result.best_trial, uri)
+        else:
+            result.model_uri, result.model_record = uri, run
     write_outputs(result, out_dir)
     return result
 
@@ -196,3 +227,56 @@ def run_sweep(
     if backend == "katib":
         return run_katib_sweep(data, space, out_dir, fixed_overrides=fixed_overrides, **kwargs)
     raise ConfigError(f"unknown sweep backend {backend!r}; choose from ['katib', 'local']")
+
+
+# --------------------------------------------------------------------------- deadlines
+
+
+def _experiment(space: Any, n_trials: int | None) -> dict[str, Any]:
+    from docsort import katib
+
+    # Only the counts and the trial deadline matter here; placeholders fill the rest.
+    return katib.build_experiment(
+        with_trials(load_space(space), n_trials), namespace="x", data_uri="s3://x/x", name="x"
+    )
+
+
+def sweep_wait_s(space: Any, n_trials: int | None, timeout_s: float | None = None) -> float:
+    """How long the sweep step waits for its Experiment: ``timeout_s``, or 0/None for its worst
+    case; refused (one line with the numbers) when shorter than that worst case."""
+    from docsort import katib
+
+    exp = _experiment(space, n_trials)
+    if not timeout_s:
+        worst = katib.worst_case_s(exp)
+        if worst is None:
+            katib.check_wait(exp, 0)  # raises: no trial deadline, no worst case
+        return float(worst)
+    katib.check_wait(exp, float(timeout_s), "the sweep step (sweep_timeout_s)")
+    return float(timeout_s)
+
+
+def check_pipeline_params(
+    params: Mapping[str, Any], pod_deadline_s: int | None | str = "profile"
+) -> None:
+    """Compile/submit check of a pipeline with a sweep step (inputs ``space``, ``n_trials``,
+    ``sweep_timeout_s``, as in pipelines/sweep.py; others pass): the step's wait covers the
+    Experiment's worst case, and the step's pod deadline (default: the active k8s profile's
+    ``components.sweep.timeout_s``) covers the wait."""
+    if "space" not in params or "sweep_timeout_s" not in params:
+        return
+    if str(params.get("backend", "auto")) == "local":
+        return
+    if pod_deadline_s == "profile":
+        from docsort.components import k8s
+
+        pod_deadline_s = int(k8s.task_settings("sweep")["timeout_s"] or 0) or None
+    wait = sweep_wait_s(
+        str(params["space"]), int(params.get("n_trials") or 0) or None, params["sweep_timeout_s"]
+    )
+    if pod_deadline_s and pod_deadline_s < wait:
+        raise ConfigError(
+            f"the sweep step's pod deadline ({pod_deadline_s}s, k8s profile components.sweep."
+            f"timeout_s) is shorter than its wait for the Experiment ({wait:g}s, space="
+            f"{params['space']}): raise it to >= {wait:g}s or use fewer trials"
+        )

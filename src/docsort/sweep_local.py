@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from docsort import outputs, search_space
 from docsort.errors import ConfigError, DocsortError
 from docsort.search_space import (
     ALGORITHMS,
@@ -35,13 +35,17 @@ from docsort.search_space import (
     trial_overrides,
 )
 from docsort.sweep_results import (
+    TRIALS_DIR,
     FailedTrial,
     SweepFailed,
     SweepResult,
     aggregate,
     describe_failures,
+    read_trial_record,
+    trial_record,
     trials_frame,
     write_outputs,
+    write_trial_record,
 )
 
 log = logging.getLogger(__name__)
@@ -71,44 +75,81 @@ class _TrialFailed(Exception):
     """A trial ended badly; the message is the reason recorded in the table."""
 
 
+def _hyperopt_gamma(gamma: float) -> Callable[[int], int]:
+    """hyperopt's TPE split (``ceil(gamma * sqrt(n))`` good trials, at most 25) for Optuna."""
+    return lambda n: min(int(math.ceil(gamma * math.sqrt(n))), 25)
+
+
+#: Katib settings the local twin has no Optuna counterpart for (Optuna 4.9+ deprecates them).
+KATIB_ONLY = {
+    "tpe": ("prior_weight",),
+    "cmaes": ("restart_strategy",),
+    "bayesianoptimization": ("base_estimator", "acq_func", "acq_optimizer"),
+}
+
+
 def _sampler(space: SearchSpace):
+    """The Optuna sampler that mirrors the Katib service running ``space.algorithm``.
+
+    The space's settings use Katib's names (see ``search_space.KATIB_ALGORITHMS``);
+    here they become the Optuna sampler's arguments, so one YAML drives both backends.
+    """
+    import warnings
+
+    import optuna
+
+    ignored = sorted(set(KATIB_ONLY.get(space.algorithm, ())) & set(space.algorithm_settings))
+    if ignored:
+        log.info("%s settings %s apply on Katib only", space.algorithm, ignored)
+    with warnings.catch_warnings():  # Optuna's experimental/deprecation notices, not the user's
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _make_sampler(space)
+
+
+def _make_sampler(space: SearchSpace):
     import optuna
 
     s = space.algorithm_settings
     seed = int(s["random_state"]) if "random_state" in s else None
     alg = space.algorithm
-    tpe_kwargs = {"seed": seed}
-    if "n_startup_trials" in s:
-        tpe_kwargs["n_startup_trials"] = int(s["n_startup_trials"])
-    if "n_ei_candidates" in s:
-        tpe_kwargs["n_ei_candidates"] = int(s["n_ei_candidates"])
+    samplers = optuna.samplers
     if alg == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if alg in ("tpe", "hyperband"):
-        return optuna.samplers.TPESampler(**tpe_kwargs)
+        return samplers.RandomSampler(seed=seed)
+    if alg == "tpe":
+        # Katib's hyperopt service: the first request (parallelTrialCount trials) is random,
+        # then independent TPE with hyperopt's split and no constant liar.
+        return samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=space.parallel_trial_count,
+            n_ei_candidates=int(s.get("n_EI_candidates", 24)),
+            gamma=_hyperopt_gamma(float(s.get("gamma", 0.25))),
+            constant_liar=False,
+        )
     if alg == "multivariate-tpe":
-        return optuna.samplers.TPESampler(multivariate=True, **tpe_kwargs)
+        # Katib's optuna service: TPESampler(multivariate=True, constant_liar=True, ...)
+        return samplers.TPESampler(
+            seed=seed,
+            multivariate=True,
+            constant_liar=True,
+            n_startup_trials=int(s.get("n_startup_trials", 10)),
+            n_ei_candidates=int(s.get("n_ei_candidates", 24)),
+        )
     if alg == "cmaes":
-        restart = s.get("restart_strategy")
-        kwargs: dict[str, Any] = {"seed": seed}
-        if "sigma" in s:
-            kwargs["sigma0"] = float(s["sigma"])
-        if restart and restart != "none":
-            kwargs["restart_strategy"] = restart
-        return optuna.samplers.CmaEsSampler(**kwargs)
+        # Katib's goptuna service: no random start-up trials
+        sigma = float(s["sigma"]) if "sigma" in s else None
+        return samplers.CmaEsSampler(seed=seed, n_startup_trials=0, sigma0=sigma)
+    if alg == "sobol":
+        return samplers.QMCSampler(qmc_type="sobol", scramble=False)
     if alg == "grid":
-        return optuna.samplers.GridSampler(grid_values(space), seed=seed)
+        return samplers.GridSampler(grid_values(space), seed=seed)
     if alg == "bayesianoptimization":
-        gp = getattr(optuna.samplers, "GPSampler", None)
         n_init = int(s.get("n_initial_points", 10))
-        ignored = sorted(set(s) - {"random_state", "n_initial_points"})
-        if gp is None:
-            log.info("optuna has no GPSampler; bayesianoptimization runs as TPE locally")
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_init)
-        if ignored:
-            log.info("bayesianoptimization settings %s apply on Katib only", ignored)
-        return gp(seed=seed, n_startup_trials=n_init)
-    raise ConfigError(f"unknown algorithm {alg!r}; choose from {sorted(ALGORITHMS)}")
+        return samplers.GPSampler(seed=seed, n_startup_trials=n_init)
+    if alg == "hyperband":
+        # Katib's hyperband service samples each bracket's configurations at random.
+        return samplers.RandomSampler(seed=seed)
+    raise ConfigError(f"unknown algorithm {alg!r}; choose from {list(ALGORITHMS)}")
 
 
 def _pruner(space: SearchSpace):
@@ -136,17 +177,8 @@ def _pruner(space: SearchSpace):
 
 
 def grid_values(space: SearchSpace) -> dict[str, list[Any]]:
-    """Every grid point per parameter (Katib's grid: lists, int steps, double steps)."""
-    grid: dict[str, list[Any]] = {}
-    for p in space.parameters:
-        if p.type == "categorical":
-            grid[p.name] = list(p.choices)
-        elif p.type == "int":
-            grid[p.name] = list(range(int(p.min), int(p.max) + 1, int(p.step or 1)))
-        else:
-            n = int(math.floor((p.max - p.min) / p.step + 1e-9))
-            grid[p.name] = [round(p.min + i * p.step, 12) for i in range(n + 1)]
-    return grid
+    """Every grid point per parameter of ``space`` (Katib's grid)."""
+    return search_space.grid_values(space.parameters)
 
 
 def _suggest(trial, space: SearchSpace) -> dict[str, Any]:
@@ -206,6 +238,9 @@ def _run_trial(
     import optuna
 
     trial_dir.mkdir(parents=True, exist_ok=True)
+    # docsort made this folder for the trial's `docsort train`: marked so, the logs beside
+    # the member do not make train refuse it as someone else's folder
+    outputs.write_marker(trial_dir, "train")
     reports: list[float] = []
     extra: dict[str, list[float]] = {m: [] for m in space.additional_metrics}
     lines: queue.Queue[str | None] = queue.Queue()
@@ -286,6 +321,7 @@ def _state_of(frozen) -> str:
     }[frozen.state]
 
 
+@outputs.stage("sweep", inputs=("prepared_dir",), folder="out_dir", mode="add")
 def run_local_sweep(
     prepared_dir: str | os.PathLike,
     space: str | os.PathLike | Mapping[str, Any] | SearchSpace,
@@ -319,7 +355,14 @@ def run_local_sweep(
         check_space_against_config(sp, fixed)
     run = command or default_command
     out = Path(out_dir)
-    (out / "trials").mkdir(parents=True, exist_ok=True)
+    earlier = sorted((out / TRIALS_DIR).iterdir()) if (out / TRIALS_DIR).is_dir() else []
+    if earlier:  # the study lives in memory and never resumes: never delete an earlier sweep
+        raise DocsortError(
+            f"holds the trials of an earlier sweep ({earlier[0].name}, ...); "
+            "choose a new --out (the earlier trials are kept)",
+            file=str(out),
+        )
+    (out / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
     study_name = f"docsort-{sp.name}"
     base_env = dict(os.environ if env is None else env)
     base_env.update(PYTHONUNBUFFERED="1", WANDB_RUN_GROUP=study_name)
@@ -338,18 +381,16 @@ def run_local_sweep(
         name = f"trial-{trial.number:03d}"
         params = _suggest(trial, sp)
         args = trial_overrides(sp, fixed, [sp.param(k).format(v) for k, v in params.items()])
-        if (out / "trials" / name).exists():  # a previous sweep in the same folder
-            shutil.rmtree(out / "trials" / name)
-        argv = run(prepared, out / "trials" / name, args)
+        argv = run(prepared, out / TRIALS_DIR / name, args)
         trial.set_user_attr("name", name)
         trial.set_user_attr("params", {k: format_value(v) for k, v in params.items()})
         log.info("%s: %s", name, " ".join(args))
         try:
-            return _run_trial(
+            value = _run_trial(
                 trial,
                 sp,
                 argv,
-                out / "trials" / name,
+                out / TRIALS_DIR / name,
                 {**base_env, "WANDB_NAME": name},
                 per_trial_timeout,
             )
@@ -357,6 +398,9 @@ def run_local_sweep(
             trial.set_user_attr("reason", str(exc))
             log.warning("%s failed: %s", name, exc)
             raise
+        # the same layout as a Katib trial's: the member, then trial.json last
+        write_trial_record(out / TRIALS_DIR / name, trial_record(args, prepared))
+        return value
 
     def stop_rules(study, frozen) -> None:
         failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
@@ -411,6 +455,10 @@ def run_local_sweep(
         best_trial=best.user_attrs["name"] if best else None,
         experiment=study_name,
     )
+    if best is not None:
+        folder = out / TRIALS_DIR / best.user_attrs["name"]
+        result.model_record = read_trial_record(folder)
+        result.model_uri = str(folder) if result.model_record else None
     too_many = len(failed) > sp.max_failed_trial_count
     write_outputs(result, out, best=not too_many)
     if too_many:

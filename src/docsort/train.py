@@ -10,7 +10,9 @@ and epoch goes to stdout, the format Katib's StdOut metrics collector parses.
 
 A folder that already holds ``checkpoints/last.ckpt`` is resumed from it, so a
 killed job (preemption, SIGKILL) started again with the same ``--out`` ends
-with the same number of epochs.
+with the same number of epochs. Only the same work is resumed: ``run.json``
+records the run's identity (:mod:`docsort.identity`) and a re-run asking for
+other work (another fold, learning rate, model, prepared data) is refused.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from docsort.atomic import write_text_atomic
+from docsort.atomic import remove_stale_temps, temp_name, write_text_atomic
 from docsort.augment import TrainTransform, to_tensor, worker_rng
-from docsort.config import load_config, save_config
+from docsort.config import COMPILE_BACKENDS, load_config, save_config
 from docsort.device import (
     default_workers,
     lightning_precision,
@@ -41,13 +43,12 @@ from docsort.device import (
     set_threads,
 )
 from docsort.errors import ConfigError
-from docsort.models import create_model, save_member
+from docsort.models import check_checkpoint, create_model, read_checkpoint, save_member
+from docsort.outputs import stage
 from docsort.prepared import Prepared
 from docsort.probs import write_probs
 from docsort.stats import macro_f1
 from docsort.tta import VIEWS, merge, tta_logits
-
-COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 
 
 class ImageArrayDataset(Dataset):
@@ -245,7 +246,10 @@ class Classifier(L.LightningModule):
         self.history = [h for h in self.history if h["epoch"] < epoch]
         self.history.append({"epoch": epoch, "val_macro_f1": f1, "val_loss": loss, "lr": float(lr)})
         if self.trainer.is_global_zero:
-            print(f"epoch={epoch}\nval_macro_f1={f1:.4f}\nval_loss={loss:.4f}", flush=True)
+            # one write, newline included: nothing (a progress bar) can land inside a metric line
+            print(
+                f"epoch={epoch}\nval_macro_f1={f1:.4f}\nval_loss={loss:.4f}\n", end="", flush=True
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["docsort_history"] = [
@@ -322,12 +326,17 @@ class _LastCheckpoint(L.Callback):
         self.path = path
 
     def on_train_epoch_end(self, trainer, pm):
-        tmp = self.path.with_suffix(".ckpt.tmp")
-        trainer.save_checkpoint(
-            str(tmp), weights_only=False
-        )  # full state; every rank calls, rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        remove_stale_temps(self.path)  # a killed run's torn checkpoint must not fill the disk
+        self.path.with_suffix(".ckpt.tmp").unlink(missing_ok=True)  # the name older versions used
+        tmp = temp_name(self.path)
+        try:
+            trainer.save_checkpoint(
+                str(tmp), weights_only=False
+            )  # full state; every rank calls, rank 0 writes
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _class_weights(targets: np.ndarray, k: int) -> torch.Tensor:
@@ -479,6 +488,9 @@ class Run:
                     )
                 )
         callbacks.append(_LastCheckpoint(self.last))
+        if self.last.is_file():
+            # an unsafe, torn or foreign checkpoint: one line, before Lightning says anything
+            check_checkpoint(self.last, self.module)
         self.trainer = _trainer(cfg, self.device, self.precision, out, callbacks)
 
     def fit(self) -> None:
@@ -506,10 +518,10 @@ def train_member(prep: Prepared, cfg: DictConfig, fold: int | None, out: Path) -
     if not trainer.is_global_zero:  # other DDP ranks only helped to train
         return {}
     if run.best_cb is not None and run.best_cb.best_model_path:
-        state = torch.load(run.best_cb.best_model_path, map_location="cpu", weights_only=True)[
-            "state_dict"
-        ]
-        module.load_state_dict(state)
+        # this folder's best.ckpt: a resumed checkpoint records the path of the folder it was
+        # written in, which is another one when the run folder was moved or copied
+        best = run.last.parent / Path(run.best_cb.best_model_path).name
+        module.load_state_dict(read_checkpoint(best)["state_dict"])
     model = module.eval_model.eval()
     history = module.history
     _write_history(out / "history.csv", history)
@@ -635,15 +647,28 @@ def predict_views(
     return {v: logits[k].numpy() for k, v in enumerate(views)}
 
 
+@stage("train", inputs=("prepared",), folder="out")
 def train(
-    prepared: str | os.PathLike, out: str | os.PathLike, overrides: Sequence[str] = ()
-) -> Path:
+    prepared: str | os.PathLike,
+    out: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    *,
+    overwrite: bool = False,
+) -> Path | str:
     """Train per ``fold`` (an index, ``all`` or ``none``) and write members under ``out``.
 
-    ``prepared`` may be an ``s3://`` prefix (a Katib trial's input); it is mirrored beside ``out``.
-    """
-    from docsort import storage
+    An ``s3://`` ``out`` gets the member once trained (see :func:`docsort.sweep_results.train_to_s3`).
 
+    ``prepared`` may be an ``s3://`` prefix (a Katib trial's input); it is mirrored beside ``out``.
+    ``out`` records the run's identity (``run.json``): a re-run continues the same work,
+    does nothing when it is complete, and is refused for other work unless ``overwrite``.
+    """
+    from docsort import identity, storage
+
+    if storage.is_s3(out):  # a Katib trial: train in scratch space, keep the member on S3
+        from docsort.sweep_results import train_to_s3
+
+        return train_to_s3(prepared, str(out), overrides)
     cfg = load_config(overrides)
     out = Path(out)
     local = (
@@ -653,18 +678,39 @@ def train(
     )
     prep = Prepared(Path(local))
     _check_prepared(prep, cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    ident = run_identity(cfg, prep)
+    record = identity.claim(
+        out, "train", ident, verb="trained", outputs=TRAIN_OUTPUTS, overwrite=overwrite
+    )
+    if record["complete"] and _finished(out, str(cfg.fold) == "all"):
+        print(
+            f"train: {out} is already complete for this config and data; nothing to do "
+            "(--overwrite starts again)",
+            file=sys.stderr,
+        )
+        return out
     fold = cfg.fold
     if str(fold) == "all":
         import pandas as pd
 
-        results = [
-            train_member(prep, cfg, k, out / f"fold{k}") for k in range(int(prep.info["num_folds"]))
-        ]
+        from docsort.data import read_table
+
+        results = []
+        for k in range(int(prep.info["num_folds"])):
+            sub = out / f"fold{k}"
+            rec = identity.claim(
+                sub, "train", {**ident, "fold": str(k)}, verb="trained", outputs=TRAIN_OUTPUTS
+            )
+            if rec["complete"] and _finished(sub):  # finished before the other folds stopped
+                results.append(json.loads((sub / "metrics.json").read_text()))
+                continue
+            results.append(train_member(prep, cfg, k, sub))
+            if results[-1]:
+                identity.complete(sub)
         if not all(results):  # a DDP rank other than 0
             return out
         frames = [
-            pd.read_csv(out / f"fold{k}" / "oof.csv", dtype={"ID": str})
+            read_table(out / f"fold{k}" / "oof.csv", required=("target", "fold"))
             for k in range(len(results))
         ]
         oof = pd.concat(frames).set_index("ID").loc[prep.index["ID"]].reset_index()
@@ -680,9 +726,38 @@ def train(
         summary = {"folds": results, "val_macro_f1": float(np.mean([r["val_macro_f1"] for r in results])),
                    "oof_tta_macro_f1": pooled, "epochs": int(max(r["epochs"] for r in results))}  # fmt: skip
         write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2))
+        identity.complete(out)
         return out
-    train_member(prep, cfg, None if str(fold) == "none" else int(fold), out)
+    if train_member(prep, cfg, None if str(fold) == "none" else int(fold), out):
+        identity.complete(out)
     return out
+
+
+#: What ``train`` writes in its output folder (names or patterns): all that ``--overwrite`` removes.
+TRAIN_OUTPUTS = ("model.safetensors", "model.yaml", "config.yaml", "metrics.json", "history.csv",
+                 "oof.csv", "oof_views.npz", "checkpoints", "logs", "wandb", "fold[0-9]*")  # fmt: skip
+
+
+def _finished(out: Path, bundle: bool = False) -> bool:
+    """The outputs of a complete run are all there (a user may have removed one: then redo it)."""
+    member = ("metrics.json", "model.safetensors", "model.yaml")
+    return all((out / n).is_file() for n in (("metrics.json", "oof.csv") if bundle else member))
+
+
+def data_fingerprint(prep: Prepared) -> str:
+    """What a member is trained on: the prepared images and the rows, targets and folds of index.csv."""
+    import hashlib
+
+    h = hashlib.sha256(str(prep.info.get("fingerprint", "")).encode())
+    h.update((prep.root / "index.csv").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_identity(cfg: DictConfig, prep: Prepared) -> dict[str, str]:
+    """The identity of a ``train`` run: the config's identity keys and the prepared data."""
+    from docsort.config import identity_of
+
+    return {**identity_of(cfg), "prepared data": data_fingerprint(prep)}
 
 
 def _check_prepared(prep: Prepared, cfg: DictConfig) -> None:
