@@ -33,7 +33,9 @@ def sweep_pipeline(
 ) -> dsl.Dataset:
     """``backend``: auto | katib | local. ``n_trials``: 0 = the space's max_trial_count.
     ``namespace``: where the Katib Experiment goes; empty = the namespace this pipeline's
-    pods run in (a Kubeflow profile namespace in multi-user Kubeflow, e.g. ``kubeflow``).
+    pods run in (right for a profile namespace of multi-user Kubeflow; under KFP standalone
+    the pods run in ``kubeflow`` and ``k8s/`` grants the sweep rights in ``docsort``, so
+    pass ``namespace=docsort`` there).
     ``data_overrides`` apply to prepare, every trial and the final members;
     ``sweep_overrides`` to every trial (and so to the best config);
     ``train_overrides`` only to the final members (e.g. more epochs)."""
