@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from docsort.atomic import owner_tag
 from docsort.cli import main
 from docsort.ensemble import load_spec
 from docsort.members import oof_probs
@@ -217,11 +220,17 @@ def test_prepare_for_candidates_reads_the_members_image_settings(
     spec.write_text(
         yaml.safe_dump({"name": "c", "members": [{"name": "m", "checkpoint": str(trained_member)}]})
     )
+    # a killed run's scratch folder (its owner process is gone) is removed by the next run
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".p.{owner_tag().rsplit('-', 1)[0]}-{dead.pid}.x1.tmp"
+    stale.mkdir()
     with pytest.raises(
         ConfigError, match="data.image_size=64 but the candidates' members were trained with 48"
     ):
         prepare_for_candidates(str(sample_root), [spec], tmp_path / "p", ["data.image_size=64"])
     assert not (tmp_path / "p").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["candidate.yaml"]  # no scratch left
     info = json.loads(
         (
             prepare_for_candidates(str(sample_root), [spec], tmp_path / "p") / "prepared.json"

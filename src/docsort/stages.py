@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -675,11 +674,11 @@ def prepare_for_candidates(
     out = Path(out)
     settings: dict[str, str] = {}
     defaults: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as work:
+    with scratch_dir(out) as work:  # named so that a killed run's leftover is removed next time
         for s in specs:
-            spec = ens.load_spec(_fetch_spec(s, Path(work)))
+            spec = ens.load_spec(_fetch_spec(s, work))
             for m in spec.members:
-                ckpt = _fetch_checkpoint(m.checkpoint, Path(work))
+                ckpt = _fetch_checkpoint(m.checkpoint, work)
                 defaults = defaults or mem.data_settings(ckpt, ("num_folds",))
                 for key, value in mem.data_settings(ckpt).items():
                     if settings.setdefault(key, value) != value:
