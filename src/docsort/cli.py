@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from docsort.errors import DocsortError, SafeStream, from_os_error, safe_log_records, safe_text
+from docsort.errors import DocsortError, SafeStream, from_os_error, safe_log_records
 
 # Modules that add subcommands: each has ``register(sub, add)`` and sets ``func`` on its parsers.
 EXTENSIONS: tuple[str, ...] = (
@@ -166,14 +166,11 @@ def _run(args: argparse.Namespace) -> int:
                       overwrite=args.overwrite)  # fmt: skip
         print(f"predictions written to {out}")
     elif cmd == "submission":
-        from docsort.submit import lineage_of, submit
+        from docsort.submit import submit
 
         print(
             f"submission written to {submit(args.prepared, args.probs, args.out, candidate=args.candidate)}"
         )
-        note = lineage_of(args.probs).get("spec_note")
-        if note:
-            print(f"lineage: spec null ({note})", file=sys.stderr)
     elif cmd == "run":
         from docsort.pipeline_runner import load_pipeline, parse_params, run_local
 
@@ -218,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.redirect_stdout(SafeStream(sys.stdout)), safe_log_records():
             return _run(args)
     except DocsortError as err:
-        print(f"docsort: error: {safe_text(str(err))}", file=sys.stderr)
+        print(f"docsort: error: {err}", file=sys.stderr)  # DocsortError made its text safe
         return err.exit_code
     except OSError as err:  # a full disk or a read-only folder outside any stage's guard
         print(f"docsort: error: {from_os_error(err)}", file=sys.stderr)

@@ -168,6 +168,17 @@ def artifact_compatible(given: _Artifact, expected: Mapping[str, Any]) -> bool:
     )
 
 
+def _declared(decl: Mapping[str, Any], source: str) -> _Artifact:
+    """The artifact an input or output declaration in the IR stands for."""
+    t = decl.get("artifactType") or {}
+    return _Artifact(
+        str(t.get("schemaTitle", GENERIC_ARTIFACT)),
+        str(t.get("schemaVersion", "0.0.1")),
+        bool(decl.get("isArtifactList", False)),
+        source,
+    )
+
+
 def _describe_artifact(spec: Mapping[str, Any]) -> str:
     t = spec.get("artifactType") or {}
     name = f"{t.get('schemaTitle', GENERIC_ARTIFACT)}@{t.get('schemaVersion', '0.0.1')}"
@@ -263,13 +274,7 @@ class _Checker:
             decl = ((comp.get("outputDefinitions") or {}).get("artifacts") or {}).get(key)
             if decl is None:
                 return f"{comp_name} has no output artifact {key!r}"
-            t = decl.get("artifactType") or {}
-            return _Artifact(
-                str(t.get("schemaTitle", GENERIC_ARTIFACT)),
-                str(t.get("schemaVersion", "0.0.1")),
-                bool(decl.get("isArtifactList", False)),
-                f"output {key!r} of {producer}",
-            )
+            return _declared(decl, f"output {key!r} of {producer}")
         out = ((comp["dag"].get("outputs") or {}).get("artifacts") or {}).get(key)
         selectors = (out or {}).get("artifactSelectors") or []
         if not selectors:
@@ -295,13 +300,7 @@ class _Checker:
             decl = ((parent.get("inputDefinitions") or {}).get("artifacts") or {}).get(name)
             if decl is None:
                 return f"the parent DAG does not have input artifact {name!r}"
-            t = decl.get("artifactType") or {}
-            return _Artifact(
-                str(t.get("schemaTitle", GENERIC_ARTIFACT)),
-                str(t.get("schemaVersion", "0.0.1")),
-                bool(decl.get("isArtifactList", False)),
-                f"input {name!r} of {where}",
-            )
+            return _declared(decl, f"input {name!r} of {where}")
         if "taskOutputArtifact" in spec:
             out = spec["taskOutputArtifact"]
             return self._output_artifact(

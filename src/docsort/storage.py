@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -466,12 +466,17 @@ def fingerprint(uri: str | os.PathLike) -> str:
     return f"{n}-{h.hexdigest()[:24]}"
 
 
-def upload_dir(local: str | os.PathLike, uri: str, *, workers: int = 8) -> list[str]:
-    """Copy every file under the folder ``local`` to the prefix ``uri`` (each object atomically)."""
+def upload_dir(
+    local: str | os.PathLike, uri: str, *, workers: int = 8, exclude: Sequence[str] = ()
+) -> list[str]:
+    """Copy every file under the folder ``local`` to the prefix ``uri`` (each object atomically),
+    except those under the top-level folders named in ``exclude``."""
     root = Path(local)
     if not root.is_dir():
         raise DocsortError("folder not found", file=str(root))
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in exclude
+    )
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(
             pool.map(lambda p: upload_file(p, join(uri, p.relative_to(root).as_posix())), files)

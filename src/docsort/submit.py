@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from docsort.data import Meta, parse_ids, read_csv, read_meta
 from docsort.errors import DocsortError
 from docsort.outputs import stage
 from docsort.prepared import Prepared
-from docsort.probs import align, check_probs, read_probs
+from docsort.probs import align, read_probs
 
 
 def check_known(ids: Sequence[str], sample_ids: Sequence[str], *, source: str) -> None:
@@ -63,12 +64,8 @@ def check_known(ids: Sequence[str], sample_ids: Sequence[str], *, source: str) -
 def build_submission(
     sample_ids: Sequence[str], ids: Sequence[str], probs: np.ndarray, meta: Meta, *, source: str
 ) -> pd.DataFrame:
-    """Predicted targets in sample_submission order, checked row by row."""
-    if probs.shape[1] != meta.num_classes:
-        raise DocsortError(
-            f"has {probs.shape[1]} classes, meta.csv has {meta.num_classes}", file=source
-        )
-    check_probs(ids, probs, source=source)
+    """Predicted targets in sample_submission order, checked row by row (``probs`` as
+    :func:`docsort.probs.read_probs` returns it: already a validated distribution per row)."""
     check_known(ids, sample_ids, source=source)
     ordered = align(ids, probs, sample_ids, source=source)
     df = pd.DataFrame({"ID": list(sample_ids), "target": ordered.argmax(1).astype(int)})
@@ -261,6 +258,8 @@ def submit(
             with contextlib.suppress(Exception):
                 storage.remove(uri)
         raise
+    if lineage_src.get("spec_note"):  # say so where the user sees it, not only in the file
+        print(f"lineage: spec null ({lineage_src['spec_note']})", file=sys.stderr)
     return csv_uri
 
 

@@ -16,7 +16,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,11 +143,8 @@ def write_outputs(
     if best and result.best_trial is not None:
         text = json.dumps(result.best_json(), indent=2, sort_keys=False) + "\n"
         paths["best"] = storage.write_text_atomic(best_file, text)
-    elif storage.is_s3(best_file):  # never a stale best beside a new table
-        bucket, key = storage.split(best_file)
-        storage.client().delete_object(Bucket=bucket, Key=key)
-    else:
-        Path(best_file).unlink(missing_ok=True)
+    else:  # never a stale best beside a new table
+        storage.remove(best_file)
     return paths
 
 
@@ -217,19 +213,7 @@ def keep_member(local: str | os.PathLike, uri: str, record: Mapping[str, Any]) -
     """Copy a trained member folder to ``uri`` (not its resume checkpoints), ``trial.json`` last."""
     from docsort import storage
 
-    root = Path(local)
-    files = [
-        p
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.relative_to(root).parts[0] not in _NOT_KEPT
-    ]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(
-            pool.map(
-                lambda p: storage.upload_file(p, storage.join(uri, p.relative_to(root).as_posix())),
-                files,
-            )
-        )
+    storage.upload_dir(local, uri, exclude=_NOT_KEPT)
     write_trial_record(uri, record)
     return uri
 
