@@ -18,8 +18,8 @@ test-slow: $(STAMP) system-deps
 	$(BIN)/pytest -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests components pipelines bench
-	$(BIN)/ruff format --check src tests components pipelines bench
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 setup: $(STAMP)
 

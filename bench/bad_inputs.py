@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios-only", action="store_true", help="only the scenario catalogue")
     ap.add_argument("--json", type=Path, help="also write the verdicts here")
     args = ap.parse_args(argv)
-    from docsort.prepare import prepare
-    from docsort.sampledata import generate_sample_data
+    from docsort.data.prepare import prepare
+    from docsort.data.sample import generate_sample_data
 
     with tempfile.TemporaryDirectory(prefix="docsort-bad-") as tmp:
         tmp = Path(tmp)

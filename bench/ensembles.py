@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from docsort import ensemble as ens
-from docsort import members as mem
-from docsort.stages import MIN_SHARED_ROWS, pooled_ablation
-from docsort.stats import macro_f1
-from docsort.tta import merge
+from docsort.core.stats import macro_f1
+from docsort.ensemble import combiners as ens
+from docsort.ensemble import members as mem
+from docsort.ensemble.ensemble import MIN_SHARED_ROWS
+from docsort.ensemble.tta_ablation import pooled_ablation
+from docsort.models.tta import merge
 
 ALL = list(ens.VIEW_NAMES)
 METHODS = ("soft", "weighted", "stacked", "hard")

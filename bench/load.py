@@ -37,7 +37,7 @@ TINY = [
 
 CHILD = r"""
 import json, os, signal, sys, time
-from docsort.predict import predict
+from docsort.predict.predict import predict
 
 src, model, out, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 overrides = sys.argv[5:]
@@ -119,9 +119,9 @@ def make_dataset(root: Path, n: int) -> Path:
 def make_member(prepared: Path, out: Path) -> Path:
     import torch
 
-    from docsort.config import load_config
-    from docsort.models import create_model, save_member
-    from docsort.prepared import Prepared
+    from docsort.core.config import load_config
+    from docsort.data.prepared import Prepared
+    from docsort.models.factory import create_model, save_member
 
     cfg = load_config(TINY)
     torch.manual_seed(0)
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     sources = args.sources.split(",")
-    from docsort.prepare import prepare
+    from docsort.data.prepare import prepare
 
     rows = []
     t0 = time.perf_counter()

@@ -60,10 +60,10 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 def probe(prepared: Path, overrides: list[str], work: Path, seconds: float) -> dict:
     """Training images/s (real loader, augmentation, model, precision) and TTA forward images/s."""
-    from docsort.config import load_config
-    from docsort.device import autocast
-    from docsort.prepared import Prepared
-    from docsort.train import ImageArrayDataset, Run, predict_views
+    from docsort.core.config import load_config
+    from docsort.core.device import autocast
+    from docsort.data.prepared import Prepared
+    from docsort.train.train import ImageArrayDataset, Run, predict_views
 
     cfg = load_config([*overrides, "fold=0", "tracking.wandb=disabled"])
     run = Run(Prepared(prepared), cfg, 0, work / "probe")
@@ -212,12 +212,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run(args, work: Path, t_start: float, budget: float) -> dict:
-    from docsort.config import load_config
-    from docsort.device import usable_cores
-    from docsort.predict import predict
-    from docsort.prepare import prepare
-    from docsort.prepared import Prepared
-    from docsort.train import train
+    from docsort.core.config import load_config
+    from docsort.core.device import usable_cores
+    from docsort.data.prepare import prepare
+    from docsort.data.prepared import Prepared
+    from docsort.predict.predict import predict
+    from docsort.train.train import train
 
     overrides = [f"experiment={args.recipe}", *args.overrides]
     tracking = ["tracking.wandb=disabled"]
@@ -289,7 +289,7 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
         for row, k in zip(rows, member_dirs, strict=True):
             oof = np.load(work / f"fold{k}" / "oof_views.npz", allow_pickle=False)
             y = oof["targets"]
-            from docsort.probs import read_probs
+            from docsort.core.probs import read_probs
 
             _, tta, _ = read_probs(work / f"fold{k}" / "oof.csv")
             row.update(

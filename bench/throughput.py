@@ -36,14 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from docsort.augment import TrainTransform, to_tensor
-from docsort.config import load_config
-from docsort.data import decode_image, fit_square, image_path
-from docsort.device import autocast, default_workers, resolve_precision, usable_cores
-from docsort.models import create_model, load_member
-from docsort.predict import CacheImages, iter_batches, predict
-from docsort.prepared import Prepared
-from docsort.tta import VIEWS, TorchTTA, auto_batch_size, auto_workers
+from docsort.core.config import load_config
+from docsort.core.device import autocast, default_workers, resolve_precision, usable_cores
+from docsort.data.augment import TrainTransform, to_tensor
+from docsort.data.contract import decode_image, fit_square, image_path
+from docsort.data.prepared import Prepared
+from docsort.models.factory import create_model, load_member
+from docsort.models.tta import VIEWS, TorchTTA, auto_batch_size, auto_workers
+from docsort.predict.predict import CacheImages, iter_batches, predict
 
 
 def log(msg: str) -> None:
@@ -54,8 +54,8 @@ def log(msg: str) -> None:
 
 
 def make_data(work: Path, args) -> tuple[Path, Path]:
-    from docsort.prepare import prepare
-    from docsort.sampledata import generate_sample_data
+    from docsort.data.prepare import prepare
+    from docsort.data.sample import generate_sample_data
 
     data = Path(args.data) if args.data else work / "data"
     if not args.data:
@@ -76,7 +76,7 @@ def spec_overrides(args) -> list[str]:
 
 
 def train_model(prep: Path, work: Path, args) -> Path:
-    from docsort.train import train
+    from docsort.train.train import train
 
     out = work / "model"
     log(f"training {args.model} for {args.train_epochs} epochs on all training images")
@@ -104,8 +104,8 @@ def tta_throughput(model_dir: Path, prep: Path, work: Path, args, threads: int) 
     Short slices back to back give every engine the same chances of a quiet
     moment on a shared machine; the fastest slice is the engine's speed (as timeit does).
     """
-    from docsort.onnx_export import export_onnx
-    from docsort.ort_predict import OrtTTA
+    from docsort.models.onnx_export import export_onnx
+    from docsort.models.onnx_runtime import OrtTTA
 
     views = list(VIEWS)
     cpu = torch.device("cpu")
@@ -219,8 +219,8 @@ class CachedDataset(torch.utils.data.Dataset):
 def epoch_times(work: Path, args, side: int) -> dict:
     from torch.utils.data import DataLoader
 
-    from docsort.prepare import prepare
-    from docsort.sampledata import generate_sample_data
+    from docsort.data.prepare import prepare
+    from docsort.data.sample import generate_sample_data
 
     per_class = max(2, math.ceil(args.epoch_images / 17))
     data = work / f"epoch-data-{side}"
@@ -302,7 +302,7 @@ def f1_by_precision(model_dir: Path, prep: Path, work: Path, args) -> dict:
     import pandas as pd
     from sklearn.metrics import f1_score
 
-    from docsort.probs import align, read_probs
+    from docsort.core.probs import align, read_probs
 
     labels = pd.read_csv(prep / "test_labels.csv", dtype={"ID": str})
     out = {}

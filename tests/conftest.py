@@ -91,7 +91,7 @@ TINY = ["data.image_size=48", "data.num_folds=2"]
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory) -> Path:
     """A tiny generated dataset (6 images per class on average, 2 test images per class)."""
-    from docsort.sampledata import generate_sample_data
+    from docsort.data.sample import generate_sample_data
 
     return generate_sample_data(
         tmp_path_factory.mktemp("sample") / "data", per_class=6, test_per_class=2, seed=3
@@ -100,7 +100,7 @@ def sample_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared_root(sample_root, tmp_path_factory) -> Path:
-    from docsort.prepare import prepare
+    from docsort.data.prepare import prepare
 
     return prepare(str(sample_root), tmp_path_factory.mktemp("prep") / "prepared", TINY)
 
@@ -111,7 +111,7 @@ def trained_member(prepared_root, tmp_path_factory) -> Path:
     import contextlib
     import io
 
-    from docsort.train import train
+    from docsort.train.train import train
 
     out = tmp_path_factory.mktemp("member") / "m0"
     buf = io.StringIO()

@@ -14,7 +14,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
-PIPELINES = sorted(p for p in (ROOT / "pipelines").glob("*.py") if p.name != "__init__.py")
+PIPELINES = sorted(
+    p for p in (ROOT / "src" / "docsort" / "pipelines").glob("*.py") if p.name != "__init__.py"
+)
 REGENERATE = "make golden"
 _SDK_VERSION = re.compile(r"^sdkVersion: kfp-\S+$", re.MULTILINE)
 
@@ -25,9 +27,9 @@ def render(pipeline: Path) -> str:
     The default k8s profile and the registry and tag of ``conf/images.yaml`` are used
     whatever ``DOCSORT_*`` says; the KFP SDK's patch version is normalised away.
     """
-    from docsort import images
     from docsort.components.k8s import use_profile
-    from docsort.pipeline_runner import compile_pipeline
+    from docsort.core import container_images as images
+    from docsort.kfp.runner import compile_pipeline
 
     spec = images._spec()
     with tempfile.TemporaryDirectory(prefix="docsort-golden-") as tmp, use_profile("default"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from docsort.probs import write_probs
+from docsort.core.probs import write_probs
 
 
 def fake_member(

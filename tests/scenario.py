@@ -13,7 +13,7 @@ import hashlib
 import io
 from pathlib import Path
 
-from docsort.cli import main
+from docsort.cli.main import main
 
 
 def run_cli(*argv: str | Path) -> tuple[int, str, str]:

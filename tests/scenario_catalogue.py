@@ -252,7 +252,7 @@ SCENARIOS.append(Scenario(3, "IDs `NA`, `null`, `None`, `nan` from prepare to su
 def _concurrent(ws: Workspace) -> Outcome:
     work = ws.fresh("concurrent")
     probs = ws.candidates / "soft" / "probs.csv"
-    argv = [sys.executable, "-m", "docsort.cli", "submission", str(ws.prepared), "--probs",
+    argv = [sys.executable, "-m", "docsort.cli.main", "submission", str(ws.prepared), "--probs",
             str(probs), "--out", str(work / "subs"), "--candidate", "soft"]  # fmt: skip
     procs = [
         subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(6)
@@ -494,7 +494,7 @@ SCENARIOS += [
 def _killed_prepare(ws: Workspace) -> Outcome:
     """A prepare killed mid-way leaves its temporary folder; the next run must clear it."""
     work = ws.fresh("killed")
-    argv = [sys.executable, "-m", "docsort.cli", "prepare", str(ws.data), "--out",
+    argv = [sys.executable, "-m", "docsort.cli.main", "prepare", str(ws.data), "--out",
             str(work / "prep"), *TINY, "data.image_size=96"]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

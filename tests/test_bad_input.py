@@ -28,8 +28,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from docsort.data import check_id, image_path, parse_ids, parse_targets, read_csv, read_labelled
-from docsort.errors import DocsortError
+from docsort.core.errors import DocsortError
+from docsort.data.contract import (
+    check_id,
+    image_path,
+    parse_ids,
+    parse_targets,
+    read_csv,
+    read_labelled,
+)
 from tests import scenario
 from tests.scenario import one_line
 
@@ -462,7 +469,7 @@ def test_16bit_palette_and_alpha_images_are_converted(data_copy: Path, tmp_path:
         put_image(data_copy, row, data)
     rc, _, err = run_cli(prepare_argv(data_copy, tmp_path / "prep", Case("", ())))
     assert rc == 0, err
-    from docsort.prepared import Prepared
+    from docsort.data.prepared import Prepared
 
     prep = Prepared(tmp_path / "prep")
     cache = prep.images("train")
@@ -514,7 +521,7 @@ def test_failed_prepare_keeps_the_previous_complete_output(data_copy: Path, tmp_
 
 
 def test_s3_dataset_messages_name_the_s3_uri(s3_server, sample_root: Path, tmp_path: Path):
-    from docsort import storage
+    from docsort.core import storage
 
     root = tmp_path / "data"
     shutil.copytree(sample_root, root)
@@ -545,7 +552,7 @@ def test_cli_process_prints_one_line_and_exits_2(
     put_image(data_copy, 4, png_claiming(400, 400))
     env = {**os.environ, "PYTHONWARNINGS": "default"}
     proc = subprocess.run(
-        [sys.executable, "-m", "docsort.cli", "prepare", str(data_copy), "--out", str(tmp_path / "prep"), *TINY, *argv_tail],
+        [sys.executable, "-m", "docsort.cli.main", "prepare", str(data_copy), "--out", str(tmp_path / "prep"), *TINY, *argv_tail],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr

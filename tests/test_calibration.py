@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from docsort.calibration import apply_temperature, calibrate_members, ece, fit_temperature
-from docsort.stats import log_loss
+from docsort.core.stats import log_loss
+from docsort.ensemble.calibration import apply_temperature, calibrate_members, ece, fit_temperature
 
 
 def _calibrated(

@@ -17,11 +17,13 @@ import pytest
 import yaml
 
 from docsort.components import k8s
-from docsort.errors import ConfigError
-from docsort.pipeline_runner import compile_pipeline
+from docsort.core.errors import ConfigError
+from docsort.kfp.runner import compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINES = sorted(p for p in (ROOT / "pipelines").glob("*.py") if p.name != "__init__.py")
+PIPELINES = sorted(
+    p for p in (ROOT / "src" / "docsort" / "pipelines").glob("*.py") if p.name != "__init__.py"
+)
 GPU_TASKS = {"train-op", "predict-op", "candidate-run-op"}
 EXPECTED_GPU = {
     "train": {"train-op"},
@@ -132,7 +134,7 @@ def test_gpu_tasks_ask_for_the_gpu_pool_and_cpu_tasks_do_not(path, tmp_path):
 
 
 def test_train_task_retries_and_caching_settings(tmp_path):
-    spec, platform = compiled(ROOT / "pipelines" / "train.py", tmp_path)
+    spec, platform = compiled(ROOT / "src" / "docsort" / "pipelines" / "train.py", tmp_path)
     found = tasks(spec)
     train = found["train-op"]["task"]
     assert train["retryPolicy"] == {
@@ -175,7 +177,7 @@ def test_the_submission_step_is_never_served_from_cache(path, tmp_path):
 
 
 def test_the_sweep_step_tells_katib_trials_the_gpu_pool(tmp_path):
-    spec, platform = compiled(ROOT / "pipelines" / "sweep.py", tmp_path)
+    spec, platform = compiled(ROOT / "src" / "docsort" / "pipelines" / "sweep.py", tmp_path)
     t = tasks(spec)["sweep-op"]
     env = {e["name"]: e["value"] for e in container(spec, t["executor"]).get("env", [])}
     pod = json.loads(env[k8s.TRIAL_POD_ENV])
@@ -192,7 +194,9 @@ def test_the_sweep_step_tells_katib_trials_the_gpu_pool(tmp_path):
 
 
 def test_cpu_profile_runs_training_on_cpu_nodes(tmp_path):
-    spec, platform = compiled(ROOT / "pipelines" / "train.py", tmp_path, profile="cpu")
+    spec, platform = compiled(
+        ROOT / "src" / "docsort" / "pipelines" / "train.py", tmp_path, profile="cpu"
+    )
     t = tasks(spec)["train-op"]
     c = container(spec, t["executor"])
     assert "accelerator" not in c["resources"] and "docsort-cpu:" in c["image"]
@@ -213,7 +217,9 @@ def test_a_custom_profile_extends_default(tmp_path):
             "components": {"train": {"gpu": 2, "retries": 0, "caching": False}},
         })
     )  # fmt: skip
-    spec, platform = compiled(ROOT / "pipelines" / "train.py", tmp_path, profile=str(custom))
+    spec, platform = compiled(
+        ROOT / "src" / "docsort" / "pipelines" / "train.py", tmp_path, profile=str(custom)
+    )
     t = tasks(spec)["train-op"]
     ex = platform[t["executor"]]
     assert int(container(spec, t["executor"])["resources"]["accelerator"]["resourceCount"]) == 2
@@ -276,7 +282,7 @@ def test_unknown_profile_lists_the_shipped_ones(monkeypatch):
 
 
 def test_katib_trials_use_the_same_secrets_and_config_map_as_the_pipeline_tasks():
-    from docsort import katib
+    from docsort.sweep import katib
 
     profile = k8s.load_profile("default")
     assert {

@@ -319,10 +319,10 @@ def test_dockerignore_sends_sources_but_no_secrets_or_venv():
     for needed in (
         "pyproject.toml",
         "README.md",
-        "src/docsort/images.py",
+        "src/docsort/core/container_images.py",
         "src/docsort/conf/images.yaml",
-        "components/__init__.py",
-        "pipelines/__init__.py",
+        "src/docsort/components/__init__.py",
+        "src/docsort/pipelines/__init__.py",
         "images/requirements.lock",
     ):
         assert not _dockerignored(needed, patterns), f"{needed} left out of the build context"
@@ -368,7 +368,7 @@ def test_validation_rejects_a_broken_manifest(rendered: dict[str, list[dict]]):
 
 def _expected_rbac() -> set[tuple[str, str, str]]:
     """(apiGroup, resource, verb) the sweep launcher needs, as it declares them."""
-    from docsort.katib import REQUIRED_RBAC
+    from docsort.sweep.katib import REQUIRED_RBAC
 
     return {(r["apiGroup"], r["resource"], verb) for r in REQUIRED_RBAC for verb in r["verbs"]}
 
@@ -529,7 +529,7 @@ def test_secrets_are_generated_from_untracked_env_files(
 @pytest.mark.parametrize("target", TARGETS)
 def test_secrets_katib_trials_reference_exist(rendered: dict[str, list[dict]], target: str):
     """Trial pods (docsort namespace) mount these by secretKeyRef; a missing key fails the pod."""
-    from docsort.katib import DEFAULT_SECRETS
+    from docsort.sweep.katib import DEFAULT_SECRETS
 
     for name, keys in DEFAULT_SECRETS.items():
         data = _secret_data(rendered[target], name, DOCSORT_NS)
@@ -552,7 +552,7 @@ def test_pods_run_non_root_with_read_only_root(rendered: dict[str, list[dict]], 
 
 
 def test_gpu_component_pins_gpu_work_to_gpu_pools(rendered: dict[str, list[dict]]):
-    from docsort.images import image
+    from docsort.core.container_images import image
     from tests.skaffold_rules import default_repo
 
     repo = _skaffold_default_repo()
@@ -626,7 +626,7 @@ def test_image_names_have_one_source_of_truth(
 ):
     monkeypatch.delenv("DOCSORT_IMAGE_REGISTRY", raising=False)
     monkeypatch.delenv("DOCSORT_IMAGE_TAG", raising=False)
-    from docsort.images import image
+    from docsort.core.container_images import image
     from tests.skaffold_rules import default_repo, replaced_by
 
     spec = yaml.safe_load(

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from docsort import ensemble as ens
-from docsort.errors import ConfigError, DocsortError
-from docsort.stats import macro_f1
+from docsort.core.errors import ConfigError, DocsortError
+from docsort.core.stats import macro_f1
+from docsort.ensemble import combiners as ens
 
 
 def _member(y: np.ndarray, k: int, noise: float, sharp: float, rng) -> np.ndarray:
@@ -184,7 +184,7 @@ def test_spec_yaml_round_trip_and_combine(tmp_path):
     assert loaded.views_of(1) == ["identity", "rot180"]
     assert np.allclose(ens.combine(loaded, members), ens.combine(spec, members))
     # the combine of a calibrated weighted spec is temperature scaling then the weighted mean
-    from docsort.calibration import apply_temperature
+    from docsort.ensemble.calibration import apply_temperature
 
     scaled = [apply_temperature(p, t) for p, t in zip(members, spec.temperatures, strict=True)]
     assert np.allclose(ens.combine(spec, members), ens.merge_probs(scaled, spec.weights))
@@ -253,7 +253,7 @@ def test_load_spec_rejects_bad_yaml(tmp_path):
 
 
 def test_view_names_match_the_tta_module():
-    from docsort.config import VIEW_NAMES
+    from docsort.core.config import VIEW_NAMES
 
     assert ens.VIEW_NAMES == VIEW_NAMES
 

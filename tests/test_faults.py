@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from docsort import storage
-from docsort.submit import latest
+from docsort.core import storage
+from docsort.review.submission import latest
 from tests.test_bad_input import TINY, one_line, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ _LIMITED = textwrap.dedent(
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like a full disk
     limit = int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    from docsort.cli import main
+    from docsort.cli.main import main
     sys.exit(main(sys.argv[2:]))
     """
 )
@@ -189,7 +189,7 @@ _TMPFS = textwrap.dedent(
     mnt, data = sys.argv[1:3]
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", mnt]).returncode:
         sys.exit(77)
-    from docsort.cli import main
+    from docsort.cli.main import main
     def prepare():
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -266,7 +266,7 @@ _MOUNTED = textwrap.dedent(
     mnt, size, steps = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mnt]).returncode:
         sys.exit(77)
-    from docsort.cli import main
+    from docsort.cli.main import main
     results = []
     for step in steps:
         if step.get("remount"):
@@ -388,11 +388,11 @@ def test_a_killed_prepare_leaves_a_temporary_that_the_next_run_removes(
     import signal
     import time
 
-    from docsort.atomic import owner_tag
+    from docsort.core.atomic import owner_tag
 
     out = tmp_path / "prep"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "docsort.cli", "prepare", str(sample_root), "--out", str(out), *TINY],
+        [sys.executable, "-m", "docsort.cli.main", "prepare", str(sample_root), "--out", str(out), *TINY],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 120
@@ -427,7 +427,7 @@ def test_a_killed_prepare_leaves_a_temporary_that_the_next_run_removes(
 def test_a_killed_submission_leaves_no_temporary_for_long(prepared_root: Path, tmp_path: Path):
     """Temporaries of a submission killed mid-write (named for a dead process) are removed by the
     next submission to the same folder."""
-    from docsort.atomic import owner_tag
+    from docsort.core.atomic import owner_tag
 
     probs = _probs(prepared_root, tmp_path / "p.csv", 0)
     out = tmp_path / "subs"

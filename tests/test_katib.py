@@ -30,10 +30,10 @@ from kubeflow_katib_api.models import IoK8sApiCoreV1PodTemplateSpec, V1beta1Expe
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from docsort import katib, search_space, sweep
-from docsort.errors import ConfigError, DocsortError
-from docsort.katib import SweepTimeout, build_experiment, run_experiment
-from docsort.sweep import METRICS_FORMAT, SweepFailed
+from docsort.core.errors import ConfigError, DocsortError
+from docsort.sweep import katib, search_space, sweep
+from docsort.sweep.katib import SweepTimeout, build_experiment, run_experiment
+from docsort.sweep.sweep import METRICS_FORMAT, SweepFailed
 
 SHIPPED = sweep.list_spaces()
 
@@ -352,7 +352,7 @@ def test_a_substituted_trial_is_a_valid_kubernetes_job(space: str):
 
 def test_multi_gpu_multi_node_trials_run_as_pytorchjobs():
     space = yaml.safe_load(
-        Path(sweep.__file__).with_name("conf").joinpath("hpo/default.yaml").read_text()
+        Path(sweep.__file__).parents[1].joinpath("conf").joinpath("hpo/default.yaml").read_text()
     )
     space["trial"].update(gpu=4, nodes=2)
     exp = build_experiment(space, name="docsort-ddp", data_uri="s3://b/p")
@@ -418,11 +418,11 @@ TINY = [
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """Tiny real data: 3 images per class, 2 folds, 64 px (sample generator + `docsort prepare`)."""
-    from docsort.sampledata import generate_sample_data
+    from docsort.data.sample import generate_sample_data
 
     root = tmp_path_factory.mktemp("tiny")
     generate_sample_data(root / "raw", per_class=3)
-    cli = [sys.executable, "-m", "docsort.cli"]
+    cli = [sys.executable, "-m", "docsort.cli.main"]
     subprocess.run([*cli, "prepare", str(root / "raw"), "--out", str(root / "prep"),
                     "data.num_folds=2", "data.image_size=64"], check=True, capture_output=True)  # fmt: skip
     return root / "prep"
@@ -788,7 +788,7 @@ def test_a_real_sweep_on_a_real_cluster(tmp_path: Path):
         pytest.skip("needs DOCSORT_E2E_DATA (an s3:// URI of prepared data)")
     api, core = katib.connect(os.environ["DOCSORT_E2E_KUBECONFIG"])
     space = yaml.safe_load(
-        Path(sweep.__file__).with_name("conf").joinpath("hpo/cpu_small.yaml").read_text()
+        Path(sweep.__file__).parents[1].joinpath("conf").joinpath("hpo/cpu_small.yaml").read_text()
     )
     space.update(max_trial_count=2, parallel_trial_count=2, max_failed_trial_count=1)
     exp = build_experiment(

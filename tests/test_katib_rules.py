@@ -18,8 +18,8 @@ from importlib import resources
 import pytest
 import yaml
 
-from docsort import katib, search_space, sweep
-from docsort.errors import ConfigError
+from docsort.core.errors import ConfigError
+from docsort.sweep import katib, search_space, sweep
 
 from .scenario import one_line, run_cli
 
@@ -352,7 +352,7 @@ def test_the_cli_refuses_a_space_katib_would_fail_in_one_line(tmp_path):
 
 
 def test_the_local_twin_maps_katib_names_to_optuna_arguments():
-    from docsort import sweep_local
+    from docsort.sweep import local as sweep_local
 
     sp = search_space.load_space(with_algorithm(shipped("cpu_small"), "tpe", ALL_SETTINGS["tpe"]))
     tpe = sweep_local._sampler(sp)

@@ -32,9 +32,11 @@ import pytest
 import yaml
 from kfp.dsl import Dataset, Metrics
 
-from docsort import katib, storage, sweep, sweep_results
-from docsort.errors import ConfigError
-from docsort.sweep_results import (
+from docsort.core import storage
+from docsort.core.errors import ConfigError
+from docsort.sweep import katib, sweep
+from docsort.sweep import results as sweep_results
+from docsort.sweep.results import (
     TRIAL_RECORD,
     keep_member,
     prepared_version,
@@ -155,13 +157,13 @@ def test_the_shipped_defaults_fit(profile, space):
 
 def test_compile_refuses_a_sweep_whose_wait_cannot_cover_it_and_writes_nothing(tmp_path):
     out = tmp_path / "sweep.yaml"
-    rc, _, err = run_cli("compile", ROOT / "pipelines/sweep.py", "-o", out,
+    rc, _, err = run_cli("compile", ROOT / "src/docsort/pipelines/sweep.py", "-o", out,
                          "--param", "sweep_timeout_s=21600")  # fmt: skip
     assert rc == 2 and not out.exists()
     line = one_line(err)
     assert "waits 21600s but the Experiment can run 59400s" in line
     # fewer trials fit in the same wait; the defaults fit as shipped
-    rc, _, err = run_cli("compile", ROOT / "pipelines/sweep.py", "-o", out,
+    rc, _, err = run_cli("compile", ROOT / "src/docsort/pipelines/sweep.py", "-o", out,
                          "--param", "n_trials=8", "--param", "sweep_timeout_s=21600")  # fmt: skip
     assert rc == 0, err
     assert out.exists()
@@ -171,7 +173,7 @@ def test_compile_refuses_a_pod_deadline_shorter_than_the_wait(tmp_path, monkeypa
     profile = tmp_path / "short.yaml"
     profile.write_text("extends: default\ncomponents:\n  sweep: {timeout_s: 3600}\n")
     monkeypatch.setenv("DOCSORT_K8S_PROFILE", str(profile))
-    rc, _, err = run_cli("compile", ROOT / "pipelines/sweep.py", "-o", tmp_path / "x.yaml",
+    rc, _, err = run_cli("compile", ROOT / "src/docsort/pipelines/sweep.py", "-o", tmp_path / "x.yaml",
                          "--param", "space=cpu_small")  # fmt: skip
     assert rc == 2
     assert one_line(err) == (
@@ -183,7 +185,7 @@ def test_compile_refuses_a_pod_deadline_shorter_than_the_wait(tmp_path, monkeypa
 
 def test_submit_refuses_it_before_anything_is_sent(kfp_api):
     host, api = kfp_api
-    rc, _, err = run_cli("submit", ROOT / "pipelines/sweep.py", "--host", host, "--param",
+    rc, _, err = run_cli("submit", ROOT / "src/docsort/pipelines/sweep.py", "--host", host, "--param",
                          "data_uri=s3://b/data", "--param", "sweep_timeout_s=3600")  # fmt: skip
     assert rc == 2 and "waits 3600s but the Experiment can run 59400s" in one_line(err)
     assert api.requests == []

@@ -1,4 +1,4 @@
-"""docsort.kfp_client against a local HTTP stand-in for the KFP v2beta1 API."""
+"""docsort.kfp.client against a local HTTP stand-in for the KFP v2beta1 API."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from docsort import kfp_client
-from docsort.errors import ConfigError, DocsortError
+from docsort.core.errors import ConfigError, DocsortError
+from docsort.kfp import client as kfp_client
 
 TOKEN = "kfp-test-token-3fA9qLm2ZxW8"
 

@@ -19,9 +19,9 @@ import yaml
 from kfp import compiler, dsl
 from kfp.dsl import Input, Model, Output
 
-from docsort import kfp_contract
-from docsort.errors import DocsortError
-from docsort.pipeline_runner import compile_pipeline
+from docsort.core.errors import DocsortError
+from docsort.kfp import contract as kfp_contract
+from docsort.kfp.runner import compile_pipeline
 from tests.golden_ir import GOLDEN, PIPELINES, REGENERATE, ROOT, render
 from tests.scenario import one_line, run_cli
 
@@ -107,7 +107,9 @@ def test_every_shipped_pipeline_meets_the_backend_contract(path: Path, tmp_path:
 
 
 def test_the_fold_loop_hands_train_an_integer(tmp_path: Path):
-    out = compile_pipeline(ROOT / "pipelines" / "train.py", tmp_path / "train.yaml")
+    out = compile_pipeline(
+        ROOT / "src" / "docsort" / "pipelines" / "train.py", tmp_path / "train.yaml"
+    )
     spec = next(yaml.safe_load_all(out.read_text()))
     loop = spec["components"]["comp-for-loop-1"]
     item = loop["inputDefinitions"]["parameters"]["pipelinechannel--prepare-op-Output-loop-item"]
@@ -119,7 +121,9 @@ def test_the_fold_loop_hands_train_an_integer(tmp_path: Path):
 @pytest.mark.parametrize("stem", ["train", "sweep"])
 def test_the_old_untyped_fold_list_is_refused_on_the_shipped_pipelines(stem: str, tmp_path: Path):
     """What ``prepare_op -> list`` compiled to: the same IR with the loop item typed STRING."""
-    out = compile_pipeline(ROOT / "pipelines" / f"{stem}.py", tmp_path / f"{stem}.yaml")
+    out = compile_pipeline(
+        ROOT / "src" / "docsort" / "pipelines" / f"{stem}.py", tmp_path / f"{stem}.yaml"
+    )
     spec = next(yaml.safe_load_all(out.read_text()))
     spec["components"]["comp-prepare-op"]["outputDefinitions"]["parameters"]["Output"] = {
         "parameterType": "LIST"

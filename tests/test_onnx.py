@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 import pytest
 
-from docsort.cli import main
-from docsort.errors import ConfigError
-from docsort.onnx_export import read_metadata, weights_digest
-from docsort.ort_predict import OrtTTA, ort_providers
-from docsort.predict import predict
-from docsort.probs import read_probs
+from docsort.cli.main import main
+from docsort.core.errors import ConfigError
+from docsort.core.probs import read_probs
+from docsort.models.onnx_export import read_metadata, weights_digest
+from docsort.models.onnx_runtime import OrtTTA, ort_providers
+from docsort.predict.predict import predict
 from tests.conftest import TINY
-from tests.test_speed import make_member
+from tests.test_tta import make_member
 
 FP32 = [*TINY, "precision=fp32", "tta.batch_size=7"]
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from docsort.errors import DocsortError
-from docsort.predict import predict
-from docsort.probs import read_probs
+from docsort.core.errors import DocsortError
+from docsort.core.probs import read_probs
+from docsort.predict.predict import predict
 from tests.conftest import TINY
-from tests.test_speed import make_member
+from tests.test_tta import make_member
 
 # 34 test images in shards of 8: 5 shards, the last one short.
 SHARDED = [
@@ -62,7 +62,7 @@ def _assert_same_outputs(a: Path, b: Path) -> None:
 
 
 def test_outputs_are_streamed_from_shards(uninterrupted, prepared_root):
-    from docsort.prepared import Prepared
+    from docsort.data.prepared import Prepared
 
     info = json.loads((uninterrupted / "predict.json").read_text())
     assert info["shards"] == 5 and info["resumed_shards"] == 0 and info["images"] == 34
@@ -109,7 +109,7 @@ def test_sigkilled_run_resumes_to_identical_results(
     out = tmp_path / "pred"
     script = (
         "import os, signal, sys\n"
-        "from docsort.predict import predict\n"
+        "from docsort.predict.predict import predict\n"
         "def hook(done, total):\n"
         "    if done == 2:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from docsort.errors import DocsortError
-from docsort.outputs import MARKER, check_outputs, read_marker
-from docsort.pipeline_runner import failure_message
+from docsort.core.errors import DocsortError
+from docsort.core.outputs import MARKER, check_outputs, read_marker
+from docsort.kfp.runner import failure_message
 from tests.scenario import one_line, run_cli, snapshot
 
 TINY = ["data.image_size=48", "data.num_folds=2"]
@@ -39,7 +39,7 @@ def work(sample_root: Path, prepared_root: Path, trained_member: Path, tmp_path_
     (w / "data-link").symlink_to(w / "data")
     (w / "notes").mkdir()
     (w / "notes" / "todo.txt").write_text("my own notes\n")
-    shutil.copy(REPO / "pipelines" / "train.py", w / "pipe.py")
+    shutil.copy(REPO / "src" / "docsort" / "pipelines" / "train.py", w / "pipe.py")
     return w
 
 
@@ -90,7 +90,7 @@ def test_an_output_that_overlaps_an_input_is_refused_before_any_work(
     argv, *expected = OVERLAPS[case]
     monkeypatch.chdir(work)
     if argv[0] == "run":
-        argv = [str(REPO / a) if a.startswith("pipelines/") else a for a in argv]
+        argv = [str(REPO / "src" / "docsort" / a) if a.startswith("pipelines/") else a for a in argv]
     if "existing folder" not in expected[0]:
         expected.append("write outputs outside the inputs")
     _refused(work, argv, *expected)
@@ -215,7 +215,7 @@ def test_failure_message_names_the_task_and_its_docsort_line():
     output = [
         "    Traceback (most recent call last):",
         '      File "/x/executor.py", line 1, in execute',
-        "    docsort.errors.ConfigError: train.lr=-1 must be > 0",
+        "    docsort.core.errors.ConfigError: train.lr=-1 must be > 0",
         "    RuntimeError: the executor's wrapper",
     ]
     assert failure_message(err, output) == (
@@ -232,7 +232,7 @@ def test_a_failed_pipeline_ends_with_the_task_and_its_one_line_error(tmp_path: P
     """The demo pipeline on 2 images per class fails in prepare (fewer images than folds): the last
     line names the task and prepare's own message, not kfp's 'Inner task failed'."""
     rc, out, err = run_cli(
-        "run", REPO / "pipelines" / "demo.py", "--local", "--out", tmp_path / "runs",
+        "run", REPO / "src" / "docsort" / "pipelines" / "demo.py", "--local", "--out", tmp_path / "runs",
         "--param", "per_class=2",
     )  # fmt: skip
     msg = one_line(err)

@@ -131,7 +131,7 @@ def test_a_folder_of_train_outputs_without_a_run_record_is_refused(m0: Path, pre
 
 def test_identity_is_every_key_but_speed_logging_and_prepare_keys():
     """The keys a train re-run may change (README "Training recipes" lists the same)."""
-    from docsort.config import all_keys, identity_keys
+    from docsort.core.config import all_keys, identity_keys
 
     assert set(all_keys()) - set(identity_keys()) == {
         "threads", "device", "runtime", "train.num_workers", "train.compile",

@@ -28,12 +28,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from docsort import storage
-from docsort.data import decode_image
-from docsort.errors import DocsortError
-from docsort.prepared import Prepared
-from docsort.probs import write_probs
-from docsort.submit import latest, submit
+from docsort.core import storage
+from docsort.core.errors import DocsortError
+from docsort.core.probs import write_probs
+from docsort.data.contract import decode_image
+from docsort.data.prepared import Prepared
+from docsort.review.submission import latest, submit
 from tests.conftest import TINY
 from tests.review_fakes import fake_candidate, one_hot
 from tests.scenario import one_line, run_cli, snapshot
@@ -171,7 +171,7 @@ def test_4_six_submissions_in_the_same_second_are_six_versions(world, tmp_path, 
 
 
 def test_4_a_colliding_version_name_never_overwrites(world, tmp_path, monkeypatch):
-    import docsort.submit as sub
+    import docsort.review.submission as sub
 
     tokens = iter(["aaaaaa", "aaaaaa", "bbbbbb"])
     monkeypatch.setattr(sub.secrets, "token_hex", lambda n: next(tokens))
@@ -345,7 +345,8 @@ def test_9_the_readme_submission_command_writes_the_full_lineage(world, tmp_path
                 "--out", tmp_path / "results2")  # fmt: skip
     lin2 = _lineage(other.split("submission written to ")[1].strip())
     assert {k: lin2[k] for k in keys} == {k: lin[k] for k in keys}
-    from docsort.stages import compare_hardcases, submit_winner
+    from docsort.review.compare import compare_hardcases
+    from docsort.review.submission import submit_winner
 
     cmp = compare_hardcases(world.prep, [world.cand], tmp_path / "cmp")
     uri = submit_winner(world.prep, cmp, tmp_path / "run-artifact", str(tmp_path / "results3"))

@@ -1,7 +1,7 @@
 """Security: weights never unpickled, YAML only safe-loaded, secrets in no output.
 
 Covered elsewhere (not repeated here): the HTML report escapes class names, IDs and notes
-(tests/test_report.py::test_report_escapes_user_text, with a class named
+(tests/test_report_html.py::test_report_escapes_user_text, with a class named
 ``<script>alert(1)</script>`` and an image named ``"><img src=x onerror=...>``); RBAC is
 namespace-scoped and pods run non-root with a read-only root filesystem
 (tests/test_deploy.py::test_rbac_is_namespaced_and_exactly_what_the_sweep_calls,
@@ -27,11 +27,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from docsort import storage
+from docsort.core import storage
 from tests.test_bad_input import TINY, one_line, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-LIBRARY = [REPO / "src" / "docsort", REPO / "components", REPO / "pipelines"]
+LIBRARY = [
+    REPO / "src" / "docsort",
+    REPO / "src" / "docsort" / "components",
+    REPO / "src" / "docsort" / "pipelines",
+]
 EVERYTHING = [*LIBRARY, REPO / "tests", REPO / "bench"]
 
 
@@ -192,9 +196,9 @@ def _evil_pickle(path: Path, marker: Path) -> Path:
 @pytest.fixture
 def model_folder(tmp_path: Path, prepared_root: Path) -> Path:
     """A real (untrained) member folder: model.safetensors + model.yaml."""
-    from docsort.config import load_config
-    from docsort.models import create_model, save_member
-    from docsort.prepared import Prepared
+    from docsort.core.config import load_config
+    from docsort.data.prepared import Prepared
+    from docsort.models.factory import create_model, save_member
 
     cfg = load_config([*TINY, "model=resnet10t"])
     names = Prepared(prepared_root).class_names
@@ -374,7 +378,7 @@ def test_secrets_appear_in_no_output_log_or_message(
         ["prepare", f"s3://no-such-bucket-{os.getpid()}/ds", "--out", "prep2", *TINY],
         [
             "submit",
-            str(REPO / "pipelines" / "train.py"),
+            str(REPO / "src" / "docsort" / "pipelines" / "train.py"),
             "--host",
             echoing_kfp,
             "--param",
@@ -434,7 +438,7 @@ def test_saved_configs_do_not_resolve_environment_secrets(
             if name in text and "oc.env" in text
         ]
     assert hits == []
-    from docsort.config import load_config, to_yaml
+    from docsort.core.config import load_config, to_yaml
 
     for name, value in FAKE.items():
         monkeypatch.setenv(name, value)
@@ -461,7 +465,7 @@ def test_a_password_in_the_host_url_is_not_echoed():
     host with the password replaced."""
     password = "pw-Hq83nVx"
     rc, out, err = run_cli(
-        ["submit", str(REPO / "pipelines" / "train.py"), "--host", f"http://user:{password}@127.0.0.1:9/",
+        ["submit", str(REPO / "src" / "docsort" / "pipelines" / "train.py"), "--host", f"http://user:{password}@127.0.0.1:9/",
          "--param", "data_uri=s3://bucket/data"]
     )  # fmt: skip
     assert rc == 2
@@ -471,7 +475,7 @@ def test_a_password_in_the_host_url_is_not_echoed():
 
 
 def test_redact_and_printable(monkeypatch: pytest.MonkeyPatch, caplog):
-    from docsort.errors import printable, redact, safe_log_records, safe_text
+    from docsort.core.errors import printable, redact, safe_log_records, safe_text
 
     monkeypatch.setenv("WANDB_API_KEY", "wandb-key-5oTq0Zr1")
     caplog.set_level(logging.DEBUG)

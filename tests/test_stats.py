@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from docsort.stats import (
+from docsort.core.stats import (
     accuracy,
     confusion,
     fast_macro_f1,

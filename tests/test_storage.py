@@ -1,4 +1,4 @@
-"""docsort.storage against a real S3 endpoint over HTTP (moto's server mode)."""
+"""docsort.core.storage against a real S3 endpoint over HTTP (moto's server mode)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from docsort import storage
-from docsort.errors import ConfigError, DocsortError
-from docsort.outputs import MARKER
+from docsort.core import storage
+from docsort.core.errors import ConfigError, DocsortError
+from docsort.core.outputs import MARKER
 
 
 def _raw_s3():

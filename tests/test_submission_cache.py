@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from docsort import storage
-from docsort.errors import DocsortError
-from docsort.pipeline_runner import compile_pipeline, run_local
-from docsort.spec_version import spec_version
+from docsort.core import storage
+from docsort.core.errors import DocsortError
+from docsort.ensemble.spec_version import spec_version
+from docsort.kfp.runner import compile_pipeline, run_local
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINE = ROOT / "pipelines" / "submission.py"
+PIPELINE = ROOT / "src" / "docsort" / "pipelines" / "submission.py"
 
 
 def write_spec(path: Path, checkpoint: str, views: list[str]) -> str:
@@ -103,7 +103,7 @@ def test_the_candidate_steps_are_cached_and_keyed_on_both_stamps(tmp_path: Path)
 def test_a_second_night_with_the_same_inputs_reuses_the_predictions(
     trained_member, prepared_root, sample_root, tmp_path
 ):
-    from docsort.stages import ensemble
+    from docsort.ensemble.ensemble import ensemble
 
     member = tmp_path / "member"
     shutil.copytree(trained_member, member)

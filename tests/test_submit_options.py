@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from docsort.cli import main
+from docsort.cli.main import main
 from tests.test_kfp_client import _posts, kfp_api  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ REGISTRY = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
 def test_submit_goes_to_the_given_namespace_with_the_given_images(kfp_api, capsys):  # noqa: F811
     host, api = kfp_api
     rc = main([
-        "submit", str(ROOT / "pipelines" / "sweep.py"), "--host", host, "--namespace", "team-a",
+        "submit", str(ROOT / "src" / "docsort" / "pipelines" / "sweep.py"), "--host", host, "--namespace", "team-a",
         "--image-registry", REGISTRY, "--image-tag", "0.2.0", "--param", "data_uri=s3://d/x",
     ])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
@@ -40,7 +40,7 @@ def test_submit_goes_to_the_given_namespace_with_the_given_images(kfp_api, capsy
 def test_without_namespace_the_client_decides(kfp_api, capsys):  # noqa: F811
     host, api = kfp_api
     rc = main([
-        "schedule", str(ROOT / "pipelines" / "train.py"), "--host", host, "--cron", "0 0 2 * * *",
+        "schedule", str(ROOT / "src" / "docsort" / "pipelines" / "train.py"), "--host", host, "--cron", "0 0 2 * * *",
         "--param", "data_uri=s3://d/x",
     ])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
@@ -51,7 +51,17 @@ def test_without_namespace_the_client_decides(kfp_api, capsys):  # noqa: F811
 def test_a_compiled_yaml_keeps_its_images_and_is_checked_too(kfp_api, tmp_path, capsys):  # noqa: F811
     host, api = kfp_api
     compiled = tmp_path / "train.yaml"
-    assert main(["compile", str(ROOT / "pipelines" / "train.py"), "-o", str(compiled)]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                str(ROOT / "src" / "docsort" / "pipelines" / "train.py"),
+                "-o",
+                str(compiled),
+            ]
+        )
+        == 0
+    )
     rc = main([
         "submit", str(compiled), "--host", host, "--image-registry", REGISTRY,
         "--param", "data_uri=s3://d/x",

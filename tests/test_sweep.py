@@ -17,9 +17,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from docsort import sweep, sweep_local
-from docsort.errors import ConfigError, DocsortError
-from docsort.sweep import SweepFailed, load_space, run_local_sweep
+from docsort.core.errors import ConfigError, DocsortError
+from docsort.sweep import local as sweep_local
+from docsort.sweep import sweep
+from docsort.sweep.sweep import SweepFailed, load_space, run_local_sweep
 
 FAKE_TRAINER = textwrap.dedent(
     """
@@ -406,11 +407,11 @@ TINY = [
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """Tiny real data: 3 images per class, 2 folds, 64 px (the lead's sample generator + prepare)."""
-    from docsort.sampledata import generate_sample_data
+    from docsort.data.sample import generate_sample_data
 
     root = tmp_path_factory.mktemp("tiny")
     generate_sample_data(root / "raw", per_class=3)
-    cli = [sys.executable, "-m", "docsort.cli"]
+    cli = [sys.executable, "-m", "docsort.cli.main"]
     subprocess.run([*cli, "prepare", str(root / "raw"), "--out", str(root / "prep"),
                     "data.num_folds=2", "data.image_size=64"], check=True, capture_output=True)  # fmt: skip
     return root / "prep"

@@ -24,9 +24,9 @@ import pandas as pd
 import pytest
 import torch
 
-from docsort.config import load_config
-from docsort.prepared import Prepared
-from docsort.probs import read_probs
+from docsort.core.config import load_config
+from docsort.core.probs import read_probs
+from docsort.data.prepared import Prepared
 from tests.conftest import TINY
 
 FAST = [*TINY, "model=resnet10t", "train.batch_size=16", "tracking.wandb=disabled"]
@@ -42,7 +42,7 @@ def _wandb_offline(monkeypatch):
 
 
 def quiet_train(prepared: Path, out: Path, overrides: list[str]) -> str:
-    from docsort.train import train
+    from docsort.train.train import train
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -54,7 +54,7 @@ def quiet_train(prepared: Path, out: Path, overrides: list[str]) -> str:
 
 
 def test_folds_are_stratified_reproducible_and_keep_groups_together():
-    from docsort.prepare import make_folds
+    from docsort.data.prepare import make_folds
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(5), [30, 22, 15, 40, 9])
@@ -72,7 +72,7 @@ def test_folds_are_stratified_reproducible_and_keep_groups_together():
 
 
 def test_prepare_groups_rows_by_the_configured_column(sample_root, tmp_path):
-    from docsort.prepare import prepare
+    from docsort.data.prepare import prepare
 
     data = tmp_path / "data"
     shutil.copytree(sample_root, data)
@@ -120,7 +120,7 @@ def _group_files() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(("group", "name"), _group_files(), ids=lambda v: str(v))
 def test_every_config_group_composes_and_builds(group, name):
-    from docsort.models import create_model
+    from docsort.models.factory import create_model
 
     override = f"{group}={name}"
     cfg = load_config([override] + (["data.image_size=64"] if group != "experiment" else []))
@@ -136,7 +136,7 @@ def test_every_config_group_composes_and_builds(group, name):
 
 @pytest.mark.parametrize("kind", ["onecycle", "cosine", "constant"])
 def test_lr_schedule_is_defined_for_any_number_of_steps(kind):
-    from docsort.train import LRSchedule
+    from docsort.train.train import LRSchedule
 
     for total in (1, 2, 3, 7, 500):
         for warm in (0, 1, total, 3 * total):
@@ -170,7 +170,7 @@ def test_recipe_options_take_effect(prepared_root, tmp_path):
     """EMA, mixup+cutmix, class-balanced sampler, grad clipping, channels_last, torch.compile, bf16."""
     import lightning as L
 
-    from docsort.train import Run
+    from docsort.train.train import Run
 
     clip = 1e-3
     cfg = load_config([*FAST, "fold=0", "train.epochs=2", "train.ema_decay=0.9", "train.mixup_alpha=0.4", "train.cutmix_alpha=1.0",
@@ -222,7 +222,7 @@ def test_recipe_options_take_effect(prepared_root, tmp_path):
 
 
 def test_mix_makes_soft_targets_of_two_images():
-    from docsort.train import _mix
+    from docsort.train.train import _mix
 
     torch.manual_seed(0)
     np.random.seed(0)
@@ -237,7 +237,7 @@ def test_mix_makes_soft_targets_of_two_images():
 
 
 def test_class_weights_favour_rare_classes():
-    from docsort.train import _class_weights
+    from docsort.train.train import _class_weights
 
     w = _class_weights(np.array([0] * 30 + [1] * 10 + [2] * 5), 3)
     assert w[2] > w[1] > w[0] and float(w.mean()) == pytest.approx(1.0)
@@ -251,7 +251,7 @@ def test_early_stopping_ends_training_before_max_epochs(prepared_root, tmp_path)
 
 
 def test_precision_auto_follows_the_measured_probe():
-    from docsort.device import cpu_bf16_speedup, resolve_precision
+    from docsort.core.device import cpu_bf16_speedup, resolve_precision
 
     speedup = cpu_bf16_speedup()
     assert speedup > 0
@@ -260,8 +260,8 @@ def test_precision_auto_follows_the_measured_probe():
 
 
 def test_cluster_layout_from_torchrun_env():
-    from docsort.errors import ConfigError
-    from docsort.train import cluster_layout
+    from docsort.core.errors import ConfigError
+    from docsort.train.train import cluster_layout
 
     assert cluster_layout({}) == (1, 1)
     assert cluster_layout({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}) == (
@@ -277,8 +277,8 @@ def test_cluster_layout_from_torchrun_env():
 
 
 def test_compile_option_is_validated(prepared_root, tmp_path):
-    from docsort.errors import ConfigError
-    from docsort.train import compile_backend, train
+    from docsort.core.errors import ConfigError
+    from docsort.train.train import compile_backend, train
 
     assert (
         compile_backend(False) is None
@@ -376,8 +376,8 @@ def test_wandb_offline_run_holds_config_metrics_confusion_matrix_and_worst_predi
 
 
 def test_wandb_mode_resolution():
-    from docsort.errors import ConfigError
-    from docsort.train import wandb_mode
+    from docsort.core.errors import ConfigError
+    from docsort.train.train import wandb_mode
 
     def cfg(mode):
         return load_config([f"tracking.wandb={mode}"])
@@ -398,7 +398,7 @@ def test_killed_training_resumes_from_last_checkpoint_and_ends_with_all_epochs(
     prepared_root, tmp_path
 ):
     out = tmp_path / "m"
-    argv = [sys.executable, "-m", "docsort.cli", "train", str(prepared_root), "--out", str(out),
+    argv = [sys.executable, "-m", "docsort.cli.main", "train", str(prepared_root), "--out", str(out),
             *FAST, "fold=0", "train.epochs=4", "train.batch_size=8"]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
@@ -453,7 +453,7 @@ def _rgb_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _gray_model(src: str):
-    from docsort.models import create_model
+    from docsort.models.factory import create_model
 
     cfg = load_config(["model=resnet10t"])
     cfg.model.pretrained = src  # set after composing: a path is not a Hydra override value
@@ -486,7 +486,7 @@ def test_pretrained_safetensors_load_from_s3(s3_server, tmp_path):
 
 
 def test_pretrained_refuses_pickles_and_foreign_hub_names(tmp_path):
-    from docsort.errors import ConfigError, DocsortError
+    from docsort.core.errors import ConfigError, DocsortError
 
     torch.save({"x": torch.zeros(1)}, tmp_path / "w.pt")
     with pytest.raises(DocsortError, match="safetensors"):

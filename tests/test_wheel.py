@@ -103,7 +103,7 @@ def test_wheel_carries_components_and_pipelines_inside_docsort(dist: dict[str, P
     assert "docsort/conf/images.yaml" in names
     with zipfile.ZipFile(dist["wheel"]) as zf:
         entry_points = zf.read(f"docsort-{version}.dist-info/entry_points.txt").decode()
-    assert "docsort = docsort.cli:main" in entry_points
+    assert "docsort = docsort.cli.main:main" in entry_points
 
 
 def test_sdist_has_the_sources_the_wheel_is_built_from(dist: dict[str, Path]):
@@ -113,9 +113,9 @@ def test_sdist_has_the_sources_the_wheel_is_built_from(dist: dict[str, Path]):
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
     for needed in (
         "pyproject.toml",
-        "src/docsort/cli.py",
-        "components/__init__.py",
-        "pipelines/__init__.py",
+        "src/docsort/cli/main.py",
+        "src/docsort/components/__init__.py",
+        "src/docsort/pipelines/__init__.py",
         "src/docsort/conf/images.yaml",
     ):
         assert needed in names
@@ -126,7 +126,7 @@ def test_installed_docsort_runs_from_the_wheel(installed: Path, tmp_path: Path):
     proc = _run([installed / "docsort", "--help"], tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: docsort")
-    assert _run([python, "-m", "docsort.cli", "--help"], tmp_path, timeout=300).returncode == 0
+    assert _run([python, "-m", "docsort.cli.main", "--help"], tmp_path, timeout=300).returncode == 0
 
     where = _run(
         [

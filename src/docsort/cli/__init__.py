@@ -1,0 +1,1 @@
+"""The ``docsort`` command line: one parser, one dispatch style."""

@@ -1,0 +1,379 @@
+"""Review subcommands: tta-ablation, ensemble, candidate run/submit, hardcases, report.
+
+Registered through ``docsort.cli.main.EXTENSIONS``; each handler calls one stage
+function and prints what a person needs to read or do next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+#: How probabilities are merged, across TTA views or across members (docsort.models.tta.merge).
+MERGES = ("mean", "geomean", "logits")
+
+
+def _merge_option(p: argparse.ArgumentParser, flag: str, what: str) -> None:
+    p.add_argument(flag, choices=MERGES, default="mean", help=f"{what} (default: mean)")
+
+
+def _hardcases_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--hardcases",
+        default=None,
+        metavar="FILE",
+        help="hard-case verdicts to use (default: hardcases.csv in the data root the prepared "
+        "folder was made from, as it is now)",
+    )
+
+
+def register(sub, add) -> None:
+    p = add(
+        sub,
+        "tta-ablation",
+        "Score each TTA view and every subset of views on OOF predictions; recommend the best subset.",
+    )
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL_DIR",
+        help="model folders or fold bundles written by `docsort train` (with oof_views.npz)",
+    )
+    _merge_option(
+        p,
+        "--merge",
+        "how views are merged: mean of probabilities, geometric mean or mean of logits",
+    )
+    p.add_argument(
+        "--subsets",
+        choices=("all", "families"),
+        default="all",
+        help="all 255 subsets, or single views plus named families",
+    )
+    p.add_argument(
+        "--out", default=None, help="folder for ablation.csv, recommended.json/.yaml, summary.txt"
+    )
+    p.add_argument("--top", type=int, default=10, help="rows of the best subsets to print")
+    p.set_defaults(func=_tta_ablation)
+
+    p = add(
+        sub,
+        "ensemble",
+        "Combine member predictions into a named candidate: spec + probabilities + OOF ensemble report.",
+    )
+    p.add_argument("predictions", nargs="*",
+                   help="prediction folders written by `docsort predict` (or give --model and --prepared); "
+                        "NAME=VALUE items are prediction overrides such as precision=fp32")  # fmt: skip
+    p.add_argument("--out", required=True, help="candidate folder to write")
+    p.add_argument("--model", action="append", default=[],
+                   help="the members' model folders or fold bundles, in order (default: the model each predict.json names); "
+                        "without prediction folders they are predicted here")  # fmt: skip
+    p.add_argument(
+        "--prepared",
+        default=None,
+        help="prepared data to predict --model members on (when no prediction folders are given)",
+    )
+    p.add_argument(
+        "--views",
+        default=None,
+        help="TTA views for members predicted here: comma list, or a `docsort tta-ablation` folder",
+    )
+    _merge_option(p, "--tta-merge", "how a member's views are merged")
+    p.add_argument("--method", choices=("soft", "weighted", "hard", "stacked"), default="soft")
+    p.add_argument("--name", default=None, help="candidate name (default: the method)")
+    p.add_argument(
+        "--objective",
+        choices=("macro_f1", "log_loss"),
+        default="macro_f1",
+        help="what the weight search optimizes",
+    )
+    _merge_option(p, "--merge", "how members are merged for soft/weighted")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit one temperature per member on OOF predictions (reports ECE before/after)",
+    )
+    p.set_defaults(func=_ensemble)
+
+    p = add(
+        sub, "candidate", "Saved candidate specs: re-run one from its checkpoints, or submit one."
+    )
+    cs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = cs.add_parser("run", help="Re-run a candidate spec (candidate.yaml) from its checkpoints on prepared data.",
+                      description="Predict every member with its TTA views, then combine them as the spec says (nothing is refitted).")  # fmt: skip
+    c.add_argument("spec", help="candidate.yaml (a path or s3:// URI)")
+    c.add_argument("--prepared", required=True)
+    c.add_argument("--out", required=True, help="candidate folder to write")
+    c.add_argument(
+        "overrides", nargs="*", help="prediction overrides, e.g. precision=fp32 tta.batch_size=32"
+    )
+    c.set_defaults(func=_candidate_run)
+    c = cs.add_parser(
+        "submit", help="Write a candidate's validated, versioned submission with its lineage."
+    )
+    c.add_argument("candidate", help="candidate folder")
+    c.add_argument("--prepared", required=True)
+    c.add_argument("--out", required=True, help="output root: folder or s3:// prefix")
+    c.set_defaults(func=_candidate_submit)
+    c = cs.add_parser(
+        "upload",
+        help="Copy a candidate spec and its members' checkpoints to S3 for the nightly pipeline.",
+        description="Upload each member to DEST/members/<name>/ and write DEST/candidate.yaml naming them.",
+    )
+    c.add_argument("spec", help="candidate.yaml written by `docsort ensemble`")
+    c.add_argument("dest", help="new prefix, e.g. s3://docsort-results/candidates/soft-2026-06-01")
+    c.set_defaults(func=_candidate_upload)
+
+    p = add(
+        sub, "hardcases", "Hard-case workflow: mine proposals, record verdicts, compare candidates."
+    )
+    hs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = hs.add_parser(
+        "compare", help="Score candidates on hardcases.csv side by side and pick the winner."
+    )
+    c.add_argument(
+        "candidates",
+        nargs="+",
+        help="candidate folders (`docsort ensemble`, `docsort candidate run`) or folders of them",
+    )
+    c.add_argument("--prepared", required=True)
+    c.add_argument("--out", required=True)
+    _hardcases_option(c)
+    c.set_defaults(func=_compare)
+    c = hs.add_parser(
+        "mine",
+        help="Propose images to review: OOF errors, candidate disagreements, least confident test images.",
+    )
+    c.add_argument("candidates", nargs="*", help="candidate folders or folders of them")
+    c.add_argument("--prepared", required=True)
+    c.add_argument(
+        "--model", action="append", default=[], help="model folders whose oof.csv to mine as well"
+    )
+    c.add_argument("--top", type=int, default=20, help="proposals per source (default 20)")
+    c.add_argument(
+        "--file",
+        default=None,
+        help="hardcases.csv whose rows are left out (default: the data root's current file)",
+    )
+    c.add_argument("--out", required=True, help="proposals CSV to write")
+    c.set_defaults(func=_mine)
+    for name, helptext in (
+        ("add", "Add an image to hardcases.csv with its true label."),
+        ("mark", "Record a verdict on a row of hardcases.csv."),
+    ):
+        c = hs.add_parser(
+            name,
+            help=helptext,
+            description=helptext
+            + " The file is rewritten atomically and checked against meta.csv.",
+        )
+        c.add_argument("id", metavar="ID", help="image ID (file name)")
+        c.add_argument("--file", required=True, help="the dataset's hardcases.csv")
+        c.add_argument(
+            "--data",
+            default=None,
+            help="dataset root with meta.csv/train.csv/sample_submission.csv (default: the file's folder)",
+        )
+        c.add_argument(
+            "--target", required=name == "add", help="true class: target number or class name"
+        )
+        c.add_argument(
+            "--kind",
+            choices=("hard", "model_error", "label_error", "ambiguous"),
+            required=name == "mark",
+            default="hard" if name == "add" else None,
+        )
+        c.add_argument("--note", default="" if name == "add" else None)
+        c.set_defaults(func=_add if name == "add" else _mark)
+
+    p = add(
+        sub,
+        "report",
+        "The error notebook: one self-contained HTML file (plus summary.md) for a candidate.",
+    )
+    p.add_argument("--prepared", required=True)
+    p.add_argument(
+        "--candidate", default=None, help="candidate folder (default: the winner of --comparison)"
+    )
+    p.add_argument(
+        "--comparison",
+        default=None,
+        help="a `docsort hardcases compare` folder, shown side by side",
+    )
+    p.add_argument(
+        "--ablation",
+        default=None,
+        help="a `docsort tta-ablation` folder (default: computed from the members' OOF views)",
+    )
+    p.add_argument("--on", choices=("auto", "oof", "test", "hardcases"), default="auto",
+                   help="labelled set: auto = the candidate's OOF training predictions, else test_labels.csv, else hard cases")  # fmt: skip
+    p.add_argument("-o", "--output", required=True, help="HTML file to write")
+    p.add_argument(
+        "--summary", default=None, help="Markdown summary (default: summary.md beside the HTML)"
+    )
+    _hardcases_option(p)
+    p.set_defaults(func=_report)
+
+
+def _tta_ablation(args: argparse.Namespace) -> int:
+    from docsort.ensemble.tta_ablation import ablate_tta, format_ablation
+
+    abl = ablate_tta(args.models, args.out, merge=args.merge, subsets=args.subsets)
+    if args.out:
+        print((Path(args.out) / "summary.txt").read_text(), end="")
+        print(f"\nwritten to {args.out} (ablation.csv, recommended.json, recommended.yaml)")
+    else:
+        print(format_ablation(abl, top=args.top), end="")
+    return 0
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from docsort.ensemble.ensemble import ensemble
+
+    overrides = [p for p in args.predictions if "=" in p and not Path(p).exists()]
+    predictions = [p for p in args.predictions if p not in overrides]
+    views = None
+    if args.views:
+        folder = Path(args.views)
+        views = (
+            _recommended_views(folder)
+            if folder.is_dir()
+            else [v.strip() for v in args.views.split(",") if v.strip()]
+        )
+    out = ensemble(predictions, args.out, models=args.model, name=args.name or args.method, method=args.method,
+                   objective=args.objective, merge=args.merge, calibrate=args.calibrate, prepared=args.prepared,
+                   views=views, tta_merge=args.tta_merge, predict_overrides=overrides)  # fmt: skip
+    report = out / "ensemble_report.md"
+    if report.is_file():
+        print(report.read_text())
+    print(f"candidate written to {out}")
+    return 0
+
+
+def _candidate_run(args: argparse.Namespace) -> int:
+    from docsort.ensemble.candidate import run_candidate
+
+    print(
+        f"candidate written to {run_candidate(args.spec, args.prepared, args.out, args.overrides)}"
+    )
+    return 0
+
+
+def _candidate_submit(args: argparse.Namespace) -> int:
+    from docsort.review.submission import submit_candidate
+
+    print(f"submission written to {submit_candidate(args.prepared, args.candidate, args.out)}")
+    return 0
+
+
+def _candidate_upload(args: argparse.Namespace) -> int:
+    from docsort.ensemble.candidate_upload import upload_candidate
+
+    print(f"candidate spec uploaded to {upload_candidate(args.spec, args.dest)}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from docsort.review.compare import compare_hardcases
+
+    out = compare_hardcases(args.prepared, args.candidates, args.out, hardcases=args.hardcases)
+    print((out / "comparison.txt").read_text())  # its first line: which hard-case file, how many
+    return 0
+
+
+def _recommended_views(folder: Path) -> list[str]:
+    """The views a ``docsort tta-ablation`` folder recommends (its recommended.json), or one line."""
+    import json
+
+    from docsort.core.errors import DocsortError
+
+    rec = folder / "recommended.json"
+    if not rec.is_file():
+        raise DocsortError(
+            "--views: no recommended.json here; give a `docsort tta-ablation` folder "
+            "or a comma list of views",
+            file=str(folder),
+        )
+    try:
+        views = json.loads(rec.read_text(encoding="utf-8"))["views"]
+    except (OSError, ValueError, KeyError, TypeError):
+        views = None
+    if not isinstance(views, list) or not all(isinstance(v, str) for v in views):
+        raise DocsortError("not a TTA ablation's recommendation (no list of views)", file=str(rec))
+    return views
+
+
+def _at_least_one(option: str, value: int) -> None:
+    """A count option below 1 is refused in one line (argparse only checks that it is an integer)."""
+    if value < 1:
+        from docsort.core.errors import DocsortError
+
+        raise DocsortError(f"{option} {value} must be an integer >= 1")
+
+
+def _mine(args: argparse.Namespace) -> int:
+    from docsort.core.outputs import check_file, check_outputs
+    from docsort.core.tables import text_table
+    from docsort.review.hardcases import mine, write_proposals
+
+    _at_least_one("--top", args.top)
+    check_outputs([args.out], [args.prepared, *args.candidates, *args.model, args.file])
+    check_file(args.out)
+    df = mine(args.prepared, args.candidates, models=args.model, top=args.top, existing=args.file)
+    write_proposals(df, args.out)
+    rows = [
+        [r.ID, r.source, r.suggested_kind, r.suggested_class, f"{r.confidence:.2f}", r.reason]
+        for r in df.itertuples()
+    ]
+    print(text_table(["ID", "source", "kind?", "class?", "conf", "reason"], rows))
+    print(f"\n{len(df)} proposals written to {args.out}")
+    print(
+        "record a verdict: docsort hardcases add ID --target T --kind hard|model_error|label_error|ambiguous --note ... --file DATA/hardcases.csv"
+    )
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    from docsort.review.hardcases import add
+
+    row = add(args.file, args.id, args.target, kind=args.kind, note=args.note, data=args.data)
+    print(f"added {row['ID']} target={row['target']} kind={row['kind']} to {args.file}")
+    return 0
+
+
+def _mark(args: argparse.Namespace) -> int:
+    from docsort.review.hardcases import mark
+
+    row = mark(
+        args.file, args.id, kind=args.kind, target=args.target, note=args.note, data=args.data
+    )
+    print(f"marked {row['ID']} target={row['target']} kind={row['kind']} in {args.file}")
+    if row["kind"] == "label_error":
+        print(
+            "training uses it only with data.exclude_label_errors=true or data.correct_label_errors=true (then prepare again)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from docsort.review.report import error_report
+
+    r = error_report(
+        args.prepared,
+        args.candidate,
+        args.output,
+        summary=args.summary,
+        comparison=args.comparison,
+        ablation=args.ablation,
+        on=args.on,
+        hardcases=args.hardcases,
+    )
+    print(
+        f"report on {r.images} images ({r.on}): macro F1 {r.macro_f1:.4f}, accuracy {r.accuracy:.4f}"
+    )
+    for line in r.hardcases:
+        print(line)
+    print(f"written to {r.html} and {r.summary}")
+    return 0

@@ -1,0 +1,1 @@
+"""The data contract, preparation, the prepared folder, augmentation, previews and the sample dataset."""

@@ -1,0 +1,1 @@
+"""Combiners, calibration, TTA ablation, members and candidate specs."""

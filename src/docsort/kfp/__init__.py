@@ -1,0 +1,1 @@
+"""Running, compiling, submitting and scheduling pipeline files."""

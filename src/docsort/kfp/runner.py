@@ -1,0 +1,284 @@
+"""Load, compile and run pipeline files.
+
+A pipeline file is a Python file defining one ``@dsl.pipeline`` function. It
+runs locally through ``kfp.local`` (same components, same code, no cluster) or
+compiles to the YAML a KFP cluster runs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import importlib.util
+import inspect
+import json
+import os
+import re
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from docsort.core.errors import DocsortError
+from docsort.core.outputs import check_outputs, stage
+
+
+def packaged_pipeline(name: str) -> Path:
+    """Path of a pipeline shipped with docsort (``demo``, ``train``, ``sweep``, ``submission``)."""
+    return Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py"
+
+
+def load_pipeline(path: str | os.PathLike):
+    """The ``@dsl.pipeline`` function defined in ``path``."""
+    from kfp.dsl.graph_component import GraphComponent
+
+    path = Path(path)
+    if not path.is_file():
+        alt = packaged_pipeline(path.stem)
+        if alt.is_file() and path.parent == Path("pipelines"):
+            path = alt
+        else:
+            raise DocsortError("pipeline file not found", file=str(path))
+    name = f"docsort_pipeline_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # the user's file: report where it broke, in one line
+        raise DocsortError(
+            f"cannot load pipeline: {type(err).__name__}: {err}", file=str(path)
+        ) from err
+    found = [
+        v
+        for v in vars(module).values()
+        if isinstance(v, GraphComponent) and getattr(v.pipeline_func, "__module__", "") == name
+    ]
+    if len(found) != 1:
+        raise DocsortError(
+            f"expected one @dsl.pipeline function, found {len(found)}", file=str(path)
+        )
+    return found[0]
+
+
+def pipeline_inputs(pipeline) -> dict[str, Any]:
+    """Declared inputs of a pipeline function with their defaults."""
+    sig = inspect.signature(pipeline.pipeline_func)
+    return {
+        k: (None if p.default is inspect.Parameter.empty else p.default)
+        for k, p in sig.parameters.items()
+    }
+
+
+def parse_params(pairs: Sequence[str], pipeline=None) -> dict[str, Any]:
+    """``k=v`` strings to typed values (JSON where it parses: numbers, booleans, lists)."""
+    known = pipeline_inputs(pipeline) if pipeline is not None else None
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise DocsortError(f"--param {pair!r} must look like name=value")
+        if known is not None and key not in known:
+            raise DocsortError(
+                f"--param {key}: the pipeline has no such input; inputs: {', '.join(known)}"
+            )
+        default = known.get(key) if known else None
+        kind = _input_type(pipeline, key) if pipeline is not None else None
+        if kind == "String" or (kind is None and isinstance(default, str)):
+            out[key] = value
+            continue
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+        if kind is not None:
+            out[key] = _typed(key, value, out[key], kind)
+    return out
+
+
+# KFP's parameter types (component_spec.inputs[...].type) and what a value of each must be
+_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "Integer": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "Float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "Boolean": ("true or false", lambda v: isinstance(v, bool)),
+    "List": ("a JSON list, e.g. [1,2]", lambda v: isinstance(v, list)),
+    "Dict": ('a JSON object, e.g. {"a": 1}', lambda v: isinstance(v, dict)),
+}
+
+
+def _input_type(pipeline, key: str) -> str | None:
+    """The KFP type of a pipeline input (Integer, Float, Boolean, String, List, Dict), if known."""
+    spec = getattr(pipeline, "component_spec", None)
+    inp = getattr(spec, "inputs", None) or {}
+    return getattr(inp.get(key), "type", None)
+
+
+def _typed(key: str, text: str, value: Any, kind: str) -> Any:
+    """``value`` if it is of the input's type (an integer for a Float becomes a float), else refused."""
+    if kind not in _TYPES:
+        return value
+    what, ok = _TYPES[kind]
+    if not ok(value):
+        raise DocsortError(f"--param {key}={text!r}: {key} takes {what} ({kind})")
+    return float(value) if kind == "Float" else value
+
+
+@stage("compile", inputs=("path",), files=("out_yaml",))
+def compile_pipeline(
+    path: str | os.PathLike,
+    out_yaml: str | os.PathLike,
+    params: Mapping[str, Any] | None = None,
+    *,
+    image_registry: str | None = None,
+    image_tag: str | None = None,
+) -> Path:
+    """Compile ``path`` to KFP pipeline YAML at ``out_yaml`` (written atomically).
+
+    Every docsort image in it is ``<image_registry>/docsort-*:<image_tag>``
+    (default: ``$DOCSORT_IMAGE_REGISTRY``/``$DOCSORT_IMAGE_TAG``, then
+    ``conf/images.yaml``), and the result must pass the KFP backend's typing
+    contract (:mod:`docsort.kfp.contract`): a pipeline the cluster would refuse at
+    its first task is refused here, and nothing is written.
+    """
+    import yaml
+    from kfp import compiler
+
+    from docsort.core import container_images as images
+    from docsort.core.atomic import atomic_path
+    from docsort.kfp import contract as kfp_contract
+
+    with images.use_images(image_registry, image_tag) as chosen:
+        pipeline = load_pipeline(path)  # the tasks read the image setting while being defined
+        images.pin_images(pipeline.pipeline_spec.deployment_spec, chosen)
+    if params is not None:  # `docsort compile --param ...` (submit checks with its own params)
+        from docsort.sweep.sweep import check_pipeline_params
+
+        check_pipeline_params({**pipeline_inputs(pipeline), **params})  # the sweep's deadlines
+    with atomic_path(out_yaml) as tmp:
+        compiler.Compiler().compile(pipeline, str(tmp), pipeline_parameters=dict(params or {}))
+        with open(tmp, encoding="utf-8") as f:
+            spec = kfp_contract.first_document(yaml.safe_load_all(f))
+        kfp_contract.verify(spec, name=Path(path).name)
+    return Path(out_yaml)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The last line of a task's traceback: ``docsort.core.errors.DocsortError: <the one line>``.
+_DOCSORT_ERROR = re.compile(r"^\s*docsort(?:\.\w+)+\.\w*(?:Error|Exception): (?P<msg>.+)$")
+_ANY_ERROR = re.compile(
+    r"^\s*(?:[A-Za-z_]\w*\.)*(?P<name>[A-Za-z_]\w*(?:Error|Exception)): (?P<msg>.*)$"
+)
+
+
+class _TaskOutput:
+    """Stands in for ``print`` while kfp.local streams the tasks' output: keeps the last lines."""
+
+    def __init__(self, real_print) -> None:
+        self.real_print = real_print
+        self.lines: collections.deque[str] = collections.deque(maxlen=5000)
+
+    def __call__(self, *args, **kwargs) -> None:
+        if kwargs.get("file") in (None, sys.stdout):
+            text = kwargs.get("sep", " ").join(str(a) for a in args)
+            self.lines.extend(text.splitlines())
+        self.real_print(*args, **kwargs)
+
+
+def failure_message(error: str, output: Sequence[str]) -> str:
+    """``task <name> failed: <reason>`` from kfp.local's failure and the tasks' streamed output.
+
+    kfp.local (kubeflow/pipelines ``sdk/python/kfp/local/pipeline_orchestrator.py``,
+    ``log_and_maybe_raise_for_failure``, tag ``sdk-2.17.3``; the task output is printed by
+    ``subprocess_task_handler.py``, ``run_local_subprocess``) raises ``RuntimeError("Pipeline X finished with status FAILURE. Inner task
+    failed: T inside L.")`` and prints each task subprocess's output (its traceback
+    included) through ``print``. The reason is the failing task's last docsort error
+    line, else the last exception line of its traceback.
+    """
+    plain = _ANSI.sub("", error).strip()
+    m = re.search(r"Inner task failed: (?P<chain>.+?)\.?$", plain.splitlines()[0] if plain else "")
+    task = m["chain"] if m else None
+    lines = [_ANSI.sub("", ln) for ln in output]
+    reason = next((d["msg"] for ln in reversed(lines) if (d := _DOCSORT_ERROR.match(ln))), None)
+    if reason is None:
+        last = next((a for ln in reversed(lines) if (a := _ANY_ERROR.match(ln))), None)
+        reason = f"{last['name']}: {last['msg']}" if last else None
+    if task is None:
+        first = plain.splitlines()[0] if plain else "unknown error"
+        return f"pipeline failed: {reason or first}"
+    return f"task {task} failed: {reason or 'no error line in its output (see the log above)'}"
+
+
+def _drop_retries(pipeline) -> None:
+    """Clear every task's retry policy: locally a failure is a bug or bad input, and a retry only delays it."""
+    spec = pipeline.pipeline_spec
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    for dag in dags:
+        for task in dag.tasks.values():
+            task.ClearField("retry_policy")
+
+
+def _path_params(params: Mapping[str, Any]) -> list[str]:
+    """Parameter values that name data: ``s3://`` URIs and existing local paths (lists too)."""
+    values = [v for p in params.values() for v in (p if isinstance(p, list) else [p])]
+    return [
+        v
+        for v in values
+        if isinstance(v, str) and v and (v.startswith("s3://") or Path(v).exists())
+    ]
+
+
+@stage("run", inputs=("path",), folder="out", mode="add")
+def run_local(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    params: Mapping[str, Any] | None = None,
+    *,
+    cache: bool = False,
+    retries: bool = False,
+):
+    """Run the pipeline in ``path`` with kfp.local; artifacts land under ``out``.
+
+    ``cache``: reuse the outputs of tasks that already ran with the same inputs
+    under ``out`` (kfp.local's cache in ``out/.kfp_cache``; tasks compiled with
+    caching off always run). ``retries``: keep the tasks' compiled retry
+    policies (meant for preempted cluster nodes). Returns the pipeline's output
+    artifact (or None when it declares none).
+    """
+    from kfp import local
+
+    params = dict(params or {})
+    # ``output_root`` and the like are where the pipeline writes; every other path is read
+    written = [v for k, v in params.items() if k.startswith("output")]
+    check_outputs(
+        [out, *written],
+        _path_params({k: v for k, v in params.items() if not k.startswith("output")}),
+    )
+    pipeline = load_pipeline(path)
+    if not retries:
+        _drop_retries(pipeline)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out), raise_on_error=True,
+        enable_caching=cache, cache_root=str(out / ".kfp_cache"),
+    )  # fmt: skip
+    # kfp.local swaps builtins.print per task; two tasks of a ParallelFor running at once
+    # can leave its indenting wrapper installed after the run, so restore the real one.
+    real_print = builtins.print
+    tee = _TaskOutput(real_print)
+    builtins.print = tee
+    try:
+        with warnings.catch_warnings():
+            # Locally every task runs in this environment by design: kfp.local's notes that
+            # resource settings and the docsort image are not used here are noise.
+            warnings.filterwarnings("ignore", message=r"Task '.*': settings \[")
+            warnings.filterwarnings("ignore", message=r"You may be attemping to run a task")
+            task = pipeline(**params)
+    except RuntimeError as err:
+        raise DocsortError(failure_message(str(err), tee.lines), file=str(path)) from None
+    finally:
+        builtins.print = real_print
+    outputs = getattr(task, "outputs", None) or {}
+    return outputs.get("Output") if isinstance(outputs, dict) else outputs

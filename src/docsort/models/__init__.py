@@ -1,0 +1,1 @@
+"""Model factory, TTA views, ONNX export and runtime."""

@@ -1,0 +1,1 @@
+"""The predict stage."""

@@ -1,0 +1,469 @@
+"""Stage ``predict``: class probabilities per image with batched dihedral TTA.
+
+One pass per member over the images: every batch carries all requested views,
+so the model runs ``views x images`` forward passes and nothing more. A
+DataLoader reads the next batches (rows of the prepared cache, or JPEGs decoded
+by workers) while the model runs.
+
+Results are committed in shards of ``tta.shard_size`` images under
+``OUT/partial/`` with a ``progress.json`` record, so memory stays flat however
+large the test set is, an interrupted run keeps every finished shard, and
+running the same command again continues where it stopped. The final
+``probs.csv`` and ``views.npz`` are streamed from the shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from docsort.core import identity, storage
+from docsort.core.atomic import atomic_path, write_text_atomic
+from docsort.core.config import load_config
+from docsort.core.device import resolve_device, resolve_precision, set_threads
+from docsort.core.errors import ConfigError, DocsortError
+from docsort.core.outputs import stage
+from docsort.core.probs import prob_columns
+from docsort.data.contract import IMAGE_SUFFIXES, decode_image, fit_square, image_path
+from docsort.data.prepared import Prepared
+from docsort.models.factory import Member, load_member
+from docsort.models.onnx_export import weights_digest
+from docsort.models.tta import TorchTTA, auto_batch_size, auto_workers, check_views, merge
+
+RUNTIMES = ("torch", "onnx")
+
+
+# --- image sources -------------------------------------------------------------------------
+
+
+class CacheImages:
+    """Rows of a prepared uint8 cache (``.npy``) read by offset.
+
+    Plain reads instead of a memory map: mapped pages that were touched count
+    towards the process's resident memory, reads go through the page cache and
+    leave nothing behind.
+    """
+
+    decodes = False
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran or dtype != np.uint8 or len(shape) not in (3, 4):
+            raise DocsortError(
+                "not a prepared image cache (uint8 N x S x S [x 3])", file=str(self.path)
+            )
+        self.shape = tuple(shape)
+        self.row_bytes = int(np.prod(shape[1:]))
+        self._file = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None}  # each worker opens its own handle
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if self._file is None:
+            self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 (kept open across reads)
+        out = np.empty((stop - start, *self.shape[1:]), dtype=np.uint8)
+        view = memoryview(out).cast("B")
+        self._file.seek(self.offset + start * self.row_bytes)
+        got = 0
+        while got < len(view):
+            n = self._file.readinto(view[got:])
+            if not n:
+                raise DocsortError(
+                    f"image cache is truncated at row {start + got // self.row_bytes}; prepare again",
+                    file=str(self.path),
+                )
+            got += n
+        return out
+
+
+class FolderImages:
+    """Images decoded from files and fitted to the model's square input, batch by batch."""
+
+    decodes = True
+
+    def __init__(
+        self,
+        folder: Path,
+        ids: Sequence[str],
+        *,
+        size: int,
+        resize: str,
+        channels: int,
+        max_pixels: int,
+    ):
+        self.folder, self.ids = Path(folder), list(ids)
+        self.size, self.resize, self.channels, self.max_pixels = size, resize, channels, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        imgs = []
+        for i in self.ids[start:stop]:
+            p = image_path(self.folder, i)
+            try:
+                data = p.read_bytes()
+            except OSError as err:
+                raise DocsortError(
+                    f"cannot read image ({err.strerror})", file=f"{self.folder.name}/{i}"
+                ) from None
+            img = decode_image(
+                data,
+                channels=self.channels,
+                max_pixels=self.max_pixels,
+                name=f"{self.folder.name}/{i}",
+                draft=self.size * 2,
+            )
+            imgs.append(fit_square(img, self.size, self.resize))
+        return np.stack(imgs)
+
+
+def list_images(folder: Path) -> list[str]:
+    """Image file names in ``folder``, sorted (the order of the output)."""
+    names = sorted(
+        p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not names:
+        raise DocsortError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder", file=str(folder)
+        )
+    return names
+
+
+def to_nchw(batch: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W) or (B, H, W, C) -> uint8 (B, C, H, W)."""
+    t = torch.from_numpy(batch)
+    return t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
+
+
+class _Batches(Dataset):
+    """Batch ``i`` is rows ``spans[i]`` of the source; bad input comes back as the error, raised in the main process."""
+
+    def __init__(self, source, spans: Sequence[tuple[int, int]]):
+        self.source, self.spans = source, list(spans)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def __getitem__(self, i: int):
+        try:
+            return to_nchw(self.source.read(*self.spans[i]))
+        except DocsortError as err:  # pickles to the main process with its one-line message
+            return DocsortError(str(err))
+
+
+def iter_batches(
+    source, spans: Sequence[tuple[int, int]], *, workers: int, pin_memory: bool = False
+):
+    """uint8 NCHW batches of ``spans``, in order, read ahead by ``workers`` processes."""
+    dl = DataLoader(_Batches(source, spans), batch_size=None, shuffle=False, num_workers=workers,
+                    pin_memory=pin_memory, prefetch_factor=2 if workers else None)  # fmt: skip
+    for x in dl:
+        if isinstance(x, DocsortError):
+            raise x
+        yield x
+
+
+def open_images(
+    src: Path, split: str, member: Member, max_pixels: int
+) -> tuple[list[str], CacheImages | FolderImages, str]:
+    """IDs, a source and a cheap identity of the images (for resuming) of a prepared folder or an image folder."""
+    d = member.cfg.data
+    if (src / "prepared.json").is_file():
+        prep = Prepared(src)
+        if member.class_names != prep.class_names:
+            raise DocsortError(
+                "model classes differ from the prepared data's meta.csv", file=str(member.path)
+            )
+        for key in ("image_size", "channels", "resize"):
+            if str(d[key]) != str(prep.info[key]):
+                raise DocsortError(
+                    f"model was trained with data.{key}={d[key]}, data prepared with {prep.info[key]}",
+                    file=str(member.path),
+                )
+        if split not in ("test", "train"):
+            raise DocsortError(f"split {split!r} must be test or train")
+        ids = prep.test_ids if split == "test" else prep.index["ID"].tolist()
+        name = prep.info["cache"][split]  # keyed by content hash + resize spec
+        source = CacheImages(src / "cache" / name)
+        if len(source) != len(ids):
+            raise DocsortError(
+                f"image cache has {len(source)} rows for {len(ids)} IDs; prepare again",
+                file=str(source.path),
+            )
+        return ids, source, name
+    if src.is_dir():
+        ids = list_images(src)
+        h = hashlib.sha256()
+        for i in ids:
+            st = (src / i).stat()
+            h.update(f"{i}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        source = FolderImages(
+            src,
+            ids,
+            size=int(d.image_size),
+            resize=str(d.resize),
+            channels=int(d.channels),
+            max_pixels=max_pixels,
+        )
+        return ids, source, h.hexdigest()
+    raise DocsortError("not a prepared folder (prepared.json) or a folder of images", file=str(src))
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+def predict_settings(
+    cfg: DictConfig, device: torch.device, *, decode: bool, image_size: int
+) -> dict:
+    """Validated runtime, batch size, workers and shard size (fails before any work starts)."""
+    tta = cfg.tta
+    views = check_views(list(tta.views))
+    runtime = str(cfg.get("runtime", "torch"))
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime={runtime!r} is not valid; choose from: {', '.join(RUNTIMES)}")
+    shard = tta.get("shard_size", 1024)
+    if not isinstance(shard, int) or shard < 1:
+        raise ConfigError(f"tta.shard_size={shard!r} must be an integer >= 1")
+    if runtime == "onnx":
+        if cfg.precision == "bf16":
+            raise ConfigError(
+                "precision=bf16 is not available with runtime=onnx; choose from: auto, fp32, fp16 (GPU)"
+            )
+        precision = "fp16" if cfg.precision == "fp16" else "fp32"
+    else:
+        precision = resolve_precision(str(cfg.precision), device)
+    return {
+        "views": views,
+        "merge": str(tta.merge),
+        "runtime": runtime,
+        "precision": precision,
+        "batch_size": auto_batch_size(
+            tta.get("batch_size", "auto"), device, len(views), image_size
+        ),
+        "workers": auto_workers(tta.get("workers", "auto"), device, decode=decode),
+        "shard_size": int(shard),
+    }
+
+
+# --- the stage -------------------------------------------------------------------------------
+
+
+@stage("predict", inputs=("prepared", "model"), folder="out")
+def predict(
+    prepared: str | os.PathLike,
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    *,
+    split: str = "test",
+    on_shard: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``probs.csv`` (merged over ``tta.views``), ``views.npz`` (logits per view) and ``predict.json`` into ``out``.
+
+    ``prepared`` is a prepared folder (``split``: ``test`` or ``train`` images,
+    read from the cache) or any folder of images (decoded with the model's image
+    spec; rows in file-name order). ``runtime=onnx`` runs onnxruntime instead of
+    torch. ``on_shard(done, total)`` is called after each committed shard.
+
+    ``out`` records the run's identity (``run.json``: weights, images, views,
+    merge, runtime, precision): a re-run continues the same work, does nothing
+    when it is complete, and is refused for other work unless ``overwrite``.
+    """
+    cfg = load_config(overrides)
+    member = load_member(model)
+    ids, source, images_key = open_images(
+        storage.localize(prepared, Path(out).parent / ".docsort-download"),
+        split,
+        member,
+        int(cfg.data.max_pixels),
+    )
+    device = resolve_device(str(cfg.device))
+    s = predict_settings(
+        cfg, device, decode=source.decodes, image_size=int(member.cfg.data.image_size)
+    )
+    threads = set_threads(cfg.threads)
+    out = Path(out)
+    ident = {"model weights": weights_digest(model)[:16], "images": f"{images_key[:24]} ({len(ids)})",
+             "tta.views": f"[{','.join(s['views'])}]", "tta.merge": s["merge"], "runtime": s["runtime"],
+             "precision": str(cfg.precision)}  # fmt: skip
+    record = identity.claim(out, "predict", ident, verb="predicted", outputs=PREDICT_OUTPUTS,
+                            overwrite=overwrite,
+                            settings={"shard_size": s["shard_size"], "precision": s["precision"]},
+                            shown={"model weights": f"{ident['model weights']} ({model})"})  # fmt: skip
+    done_info = out / "predict.json"
+    if record["complete"] and all(
+        (out / f).is_file() for f in ("probs.csv", "views.npz", "predict.json")
+    ):
+        print(
+            f"predict: {out} is already complete for this model, images and settings",
+            file=sys.stderr,
+        )
+        return out
+    # a resumed run continues as it began: same shards, same resolved precision
+    s.update(
+        {k: record["settings"][k] for k in ("shard_size", "precision") if k in record["settings"]}
+    )
+    key = hashlib.sha256(
+        json.dumps({**ident, "shard_size": s["shard_size"]}, sort_keys=True).encode()
+    ).hexdigest()
+    work = out / "partial"
+    layout = work / "layout.json"  # what the shards under partial/ are
+    if layout.is_file() and json.loads(layout.read_text()).get("key") != key:
+        shutil.rmtree(work)  # shards of an earlier start of this very run with another layout
+    work.mkdir(parents=True, exist_ok=True)
+    if not layout.is_file():
+        run = {"key": key, "images": len(ids), "shard_size": s["shard_size"], "views": s["views"]}
+        write_text_atomic(layout, json.dumps(run, indent=2))
+
+    if s["runtime"] == "onnx":
+        from docsort.models.onnx_runtime import runner_for
+
+        runner = runner_for(
+            member, model, work, device=str(cfg.device), threads=threads, precision=s["precision"]
+        )
+    else:
+        runner = TorchTTA(member.model, device, s["precision"])
+
+    n, shard = len(ids), s["shard_size"]
+    shards = [(a, min(a + shard, n)) for a in range(0, n, shard)]
+    pending = [k for k in range(len(shards)) if not _shard_path(work, k).is_file()]
+    resumed = len(shards) - len(pending)
+    bs = s["batch_size"]
+    spans = [
+        (a, min(a + bs, shards[k][1]))
+        for k in pending
+        for a in range(shards[k][0], shards[k][1], bs)
+    ]
+    t0 = time.perf_counter()
+    _run_shards(runner, source, spans, shards, pending, work, s, device, on_shard)
+    seconds = time.perf_counter() - t0
+    computed = sum(shards[k][1] - shards[k][0] for k in pending)
+
+    _write_outputs(out, work, ids, shards, s["views"], s["merge"])
+    info = {
+        "model": str(model), "images": n, "split": split, "source": type(source).__name__, **s,
+        "threads": threads, "engine": runner.describe(), "shards": len(shards), "resumed_shards": resumed,
+        "seconds": round(seconds, 3), "images_per_s": round(computed / seconds, 2) if computed and seconds else None,
+        "key": key,
+    }  # fmt: skip
+    write_text_atomic(done_info, json.dumps(info, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    identity.complete(out)
+    return out
+
+
+#: What ``predict`` writes in its output folder: all that ``--overwrite`` removes.
+PREDICT_OUTPUTS = ("probs.csv", "views.npz", "predict.json", "partial")
+
+
+def _shard_path(work: Path, k: int) -> Path:
+    return work / f"shard-{k:05d}.npy"
+
+
+def _run_shards(
+    runner, source, spans, shards, pending, work: Path, s: dict, device: torch.device, on_shard
+) -> None:
+    """Run every pending shard's batches through ``runner``; commit each shard as soon as it is complete."""
+    from tqdm.auto import tqdm
+
+    total = sum(shards[k][1] - shards[k][0] for k in pending)
+    bar = tqdm(
+        total=total,
+        desc="predict",
+        unit="img",
+        file=sys.stderr,
+        leave=False,
+        mininterval=2.0,
+        disable=None,
+    )
+    batches = iter_batches(source, spans, workers=s["workers"], pin_memory=device.type == "cuda")
+    done = len(shards) - len(pending)
+    rows_done = sum(b - a for k, (a, b) in enumerate(shards) if k not in set(pending))
+    for k in pending:
+        a, b = shards[k]
+        parts, row = [], a
+        while row < b:
+            x = next(batches)
+            parts.append(runner(x, s["views"]))
+            row += x.shape[0]
+            bar.update(x.shape[0])
+        with atomic_path(_shard_path(work, k)) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.concatenate(parts, axis=1))  # (V, rows, K) float32 logits
+        done, rows_done = done + 1, rows_done + b - a
+        progress = {"shards_done": done, "shards": len(shards), "images_done": rows_done, "images": shards[-1][1],
+                    "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+        write_text_atomic(work / "progress.json", json.dumps(progress, indent=2))
+        if on_shard is not None:
+            on_shard(done, len(shards))
+    bar.close()
+
+
+def _write_outputs(
+    out: Path, work: Path, ids: Sequence[str], shards, views: Sequence[str], how: str
+) -> None:
+    """Stream the shards into ``probs.csv`` and ``views.npz`` (one shard in memory at a time)."""
+    k = None
+    with atomic_path(out / "probs.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        for n, (a, b) in enumerate(shards):
+            logits = np.load(_shard_path(work, n))
+            k = logits.shape[-1]
+            probs = merge(torch.from_numpy(logits), how).numpy().astype(np.float64)
+            df = pd.concat(
+                [
+                    pd.DataFrame({"ID": list(ids[a:b])}),
+                    pd.DataFrame(probs, columns=prob_columns(k)),
+                ],
+                axis=1,
+            )
+            df.to_csv(f, index=False, header=n == 0, float_format="%.6g")
+    width = max((len(i) for i in ids), default=1)
+    with (
+        atomic_path(out / "views.npz") as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf,
+    ):
+        with zf.open("ids.npy", "w", force_zip64=True) as f:
+            dtype = np.dtype(f"<U{width}")
+            np.lib.format.write_array_header_2_0(
+                f, {"descr": dtype.str, "fortran_order": False, "shape": (len(ids),)}
+            )
+            for a in range(0, len(ids), 4096):
+                f.write(np.asarray(ids[a : a + 4096], dtype=dtype).tobytes())
+        for v, name in enumerate(views):
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_2_0(
+                    f, {"descr": "<f4", "fortran_order": False, "shape": (len(ids), k)}
+                )
+                for n in range(len(shards)):
+                    f.write(
+                        np.ascontiguousarray(
+                            np.load(_shard_path(work, n), mmap_mode="r")[v], dtype="<f4"
+                        ).tobytes()
+                    )

@@ -1,0 +1,1 @@
+"""Hard cases, the candidate comparison, the error report and the submission file."""

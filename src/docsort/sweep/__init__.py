@@ -1,0 +1,1 @@
+"""Search spaces, Katib Experiments, the local Optuna twin and sweep results."""

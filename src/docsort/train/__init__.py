@@ -1,0 +1,1 @@
+"""The train stage and its out-of-fold report."""
