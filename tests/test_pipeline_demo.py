@@ -47,7 +47,9 @@ def test_demo_pipeline_runs_locally_end_to_end(tmp_path):
     }
     real_print = builtins.print
     output = run_local(
-        Path(__file__).resolve().parents[1] / "src" / "docsort" / "pipelines" / "demo.py", tmp_path, params
+        Path(__file__).resolve().parents[1] / "src" / "docsort" / "pipelines" / "demo.py",
+        tmp_path,
+        params,
     )
     # kfp.local's per-task print wrapper must not outlive the run (it broke later prints)
     assert builtins.print is real_print

@@ -90,7 +90,9 @@ def test_an_output_that_overlaps_an_input_is_refused_before_any_work(
     argv, *expected = OVERLAPS[case]
     monkeypatch.chdir(work)
     if argv[0] == "run":
-        argv = [str(REPO / "src" / "docsort" / a) if a.startswith("pipelines/") else a for a in argv]
+        argv = [
+            str(REPO / "src" / "docsort" / a) if a.startswith("pipelines/") else a for a in argv
+        ]
     if "existing folder" not in expected[0]:
         expected.append("write outputs outside the inputs")
     _refused(work, argv, *expected)
