@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from docsort.core.choices import MERGES, VIEW_NAMES
 from docsort.core.stats import macro_f1
 from docsort.ensemble import combiners as ens
 from docsort.ensemble import members as mem
@@ -34,7 +35,7 @@ from docsort.ensemble.ensemble import MIN_SHARED_ROWS
 from docsort.ensemble.tta_ablation import pooled_ablation
 from docsort.models.tta import merge
 
-ALL = list(ens.VIEW_NAMES)
+ALL = list(VIEW_NAMES)
 METHODS = ("soft", "weighted", "stacked", "hard")
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="predict members' test views that are missing (all 8 views)",
     )
-    ap.add_argument("--merge", choices=ens.MERGES, default="mean")
+    ap.add_argument("--merge", choices=MERGES, default="mean")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["test_macro_f1"] = macro_f1(t_y, t_probs[names.index(n)].argmax(1))
             rows.append(row)
         if len(names) > 1 and len(shared) >= MIN_SHARED_ROWS:
-            specs = [ens.MemberSpec(name=n, checkpoint="-") for n in names]
+            specs = [ens.MemberSpec(name=n, model="-") for n in names]
             for method in METHODS:
                 honest = ens.cross_fit_oof(p_sh, y, method=method, merge="mean", folds=folds)
                 row = {

@@ -62,8 +62,9 @@ def probe(prepared: Path, overrides: list[str], work: Path, seconds: float) -> d
     """Training images/s (real loader, augmentation, model, precision) and TTA forward images/s."""
     from docsort.core.config import load_config
     from docsort.core.device import autocast
+    from docsort.data.datasets import ImageArrayDataset
     from docsort.data.prepared import Prepared
-    from docsort.train.train import ImageArrayDataset, Run, predict_views
+    from docsort.train.train import Run, predict_views
 
     cfg = load_config([*overrides, "fold=0", "tracking.wandb=disabled"])
     run = Run(Prepared(prepared), cfg, 0, work / "probe")

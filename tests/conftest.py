@@ -86,6 +86,9 @@ def s3_server(monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> Iterator[S3E
 # --- tiny sample data and its prepared folder, shared by the stage tests -------------------
 
 TINY = ["data.image_size=48", "data.num_folds=2"]
+"""Overrides that make ``prepare``/``predict`` fast: small images, two folds."""
+TINY_TRAIN = [*TINY, "train.epochs=1", "train.batch_size=16", "tracking.wandb=disabled"]
+"""Overrides for a one-epoch training run on the tiny data, never reaching W&B."""
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tests.conftest import TINY, TINY_TRAIN
 from tests.scenario import run_cli, snapshot
-
-TINY = ["data.image_size=48", "data.num_folds=2"]
-TRAIN = [*TINY, "train.epochs=1", "train.batch_size=16", "tracking.wandb=disabled"]
 
 
 @dataclass
@@ -70,7 +68,10 @@ class Workspace:
     @property
     def member(self) -> Path:
         return self._once(
-            "m0", lambda p: _ok(run_cli("train", self.prepared, "--out", p, *TRAIN, "fold=0"))
+            "m0",
+            lambda p: _ok(
+                run_cli("train", "--prepared", self.prepared, "--out", p, *TINY_TRAIN, "fold=0")
+            ),
         )
 
     @property
@@ -78,7 +79,16 @@ class Workspace:
         return self._once(
             "pred0",
             lambda p: _ok(
-                run_cli("predict", self.prepared, "--model", self.member, "--out", p, *TINY)
+                run_cli(
+                    "predict",
+                    "--prepared",
+                    self.prepared,
+                    "--model",
+                    self.member,
+                    "--out",
+                    p,
+                    *TINY,
+                )
             ),
         )
 
@@ -171,7 +181,7 @@ SCENARIOS: list[Scenario] = [
     Scenario(1, "`hardcases compare CANDS --prepared P --out CANDS`", _guarded(_cands_copy, lambda ws, c: refused(
         run_cli("hardcases", "compare", c, "--prepared", ws.prepared, "--out", c), ("output", "input"), c))),
     Scenario(1, "`predict P --model M --out M`", _guarded(_member_copy, lambda ws, m: refused(
-        run_cli("predict", ws.prepared, "--model", m, "--out", m, *TINY), ("output", "input"), m))),
+        run_cli("predict", "--prepared", ws.prepared, "--model", m, "--out", m, *TINY), ("output", "input"), m))),
 ]  # fmt: skip
 
 
@@ -180,13 +190,13 @@ SCENARIOS: list[Scenario] = [
 
 def _retrain(*overrides: str, expect: tuple[str, ...]):
     return _guarded(_member_copy, lambda ws, m: refused(
-        run_cli("train", ws.prepared, "--out", m, *TRAIN, "fold=0", *overrides), expect, m))  # fmt: skip
+        run_cli("train", "--prepared", ws.prepared, "--out", m, *TINY_TRAIN, "fold=0", *overrides), expect, m))  # fmt: skip
 
 
 def _same_rerun(ws: Workspace) -> Outcome:
     m = ws.copy(ws.member, "m0")
     before = snapshot(m)
-    rc, out, err = run_cli("train", ws.prepared, "--out", m, *TRAIN, "fold=0")
+    rc, out, err = run_cli("train", "--prepared", ws.prepared, "--out", m, *TINY_TRAIN, "fold=0")
     if rc != 0:
         return Outcome("wrong", f"exit {rc}: {err.strip()[-300:]}")
     changed = sorted(k for k in before if snapshot(m).get(k) != before[k])
@@ -224,9 +234,9 @@ def _na_ids(ws: Workspace) -> Outcome:
     train_ids = set(pd.read_csv(data / "train.csv", dtype=str, keep_default_na=False)["ID"])
     steps = [
         ("prepare", data, "--out", work / "prep", *TINY),
-        ("train", work / "prep", "--out", work / "m", *TRAIN, "fold=0"),
-        ("predict", work / "prep", "--model", work / "m", "--out", work / "pred", *TINY),
-        ("submission", work / "prep", "--probs", work / "pred" / "probs.csv", "--out",
+        ("train", "--prepared", work / "prep", "--out", work / "m", *TINY_TRAIN, "fold=0"),
+        ("predict", "--prepared", work / "prep", "--model", work / "m", "--out", work / "pred", *TINY),
+        ("submission", "--prepared", work / "prep", "--probs", work / "pred" / "probs.csv", "--out",
          work / "subs", "--candidate", "m"),
     ]  # fmt: skip
     for argv in steps:
@@ -252,7 +262,7 @@ SCENARIOS.append(Scenario(3, "IDs `NA`, `null`, `None`, `nan` from prepare to su
 def _concurrent(ws: Workspace) -> Outcome:
     work = ws.fresh("concurrent")
     probs = ws.candidates / "soft" / "probs.csv"
-    argv = [sys.executable, "-m", "docsort.cli.main", "submission", str(ws.prepared), "--probs",
+    argv = [sys.executable, "-m", "docsort.cli.main", "submission", "--prepared", str(ws.prepared), "--probs",
             str(probs), "--out", str(work / "subs"), "--candidate", "soft"]  # fmt: skip
     procs = [
         subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(6)
@@ -281,7 +291,7 @@ def _bad_probs(edit: Callable[[np.ndarray], np.ndarray], expect: tuple[str, ...]
         frame[cols] = edit(frame[cols].to_numpy(dtype=float))
         frame.to_csv(work / "probs.csv", index=False)
         before = {str(work): snapshot(work)}
-        result = run_cli("submission", ws.prepared, "--probs", work / "probs.csv",
+        result = run_cli("submission", "--prepared", ws.prepared, "--probs", work / "probs.csv",
                          "--out", work / "subs", "--candidate", "x")  # fmt: skip
         outcome = refused(result, expect, work)(before)
         if (work / "subs").exists() and any((work / "subs").rglob("*.csv")):
@@ -309,7 +319,9 @@ def _train_override(override: str, expect: tuple[str, ...]):
     def run(ws: Workspace) -> Outcome:
         work = ws.fresh("ovr")
         before = {str(work): snapshot(work)}
-        result = run_cli("train", ws.prepared, "--out", work / "m", *TRAIN, "fold=0", override)
+        result = run_cli(
+            "train", "--prepared", ws.prepared, "--out", work / "m", *TINY_TRAIN, "fold=0", override
+        )
         out = refused(result, expect, work)(before)
         return Outcome("wrong", "wrote an output folder") if (work / "m").exists() and \
             out.verdict == "refused" and any((work / "m").iterdir()) else out  # fmt: skip
@@ -321,7 +333,7 @@ def _predict_override(override: str, expect: tuple[str, ...]):
     def run(ws: Workspace) -> Outcome:
         work = ws.fresh("povr")
         before = {str(work): snapshot(work)}
-        result = run_cli("predict", ws.prepared, "--model", ws.member, "--out", work / "p",
+        result = run_cli("predict", "--prepared", ws.prepared, "--model", ws.member, "--out", work / "p",
                          *TINY, override)  # fmt: skip
         return refused(result, expect, work)(before)
 
@@ -331,7 +343,9 @@ def _predict_override(override: str, expect: tuple[str, ...]):
 def _corrupt_ckpt(ws: Workspace) -> Outcome:
     work = ws.fresh("ckpt")
     m = work / "m"
-    rc, _, err = run_cli("train", ws.prepared, "--out", m, *TRAIN, "fold=0", "train.epochs=2")
+    rc, _, err = run_cli(
+        "train", "--prepared", ws.prepared, "--out", m, *TINY_TRAIN, "fold=0", "train.epochs=2"
+    )
     ckpts = list(m.rglob("last.ckpt"))
     if not ckpts:
         return Outcome("wrong", f"no last.ckpt after training (exit {rc})")
@@ -342,7 +356,9 @@ def _corrupt_ckpt(ws: Workspace) -> Outcome:
     ckpts[0].write_bytes(b"\x80\x04not a checkpoint")
     before = {str(m): snapshot(m)}
     return refused(
-        run_cli("train", ws.prepared, "--out", m, *TRAIN, "fold=0", "train.epochs=2"),
+        run_cli(
+            "train", "--prepared", ws.prepared, "--out", m, *TINY_TRAIN, "fold=0", "train.epochs=2"
+        ),
         ("last.ckpt",),
         m,
     )(before)
@@ -353,7 +369,7 @@ def _views_folder(ws: Workspace) -> Outcome:
     (work / "ablation").mkdir()
     before = {str(work): snapshot(work)}
     return refused(
-        run_cli("ensemble", "--model", ws.member, "--prepared", ws.prepared, "--views",
+        run_cli("ensemble", "--model", ws.member, "--prepared", ws.prepared, "--views-from",
                 work / "ablation", "--out", work / "c"),
         ("recommended.json",), work,
     )(before)  # fmt: skip
@@ -366,7 +382,7 @@ def _report_existing(ws: Workspace) -> Outcome:
     before = {str(work): snapshot(work)}
     return refused(
         run_cli("report", "--prepared", ws.prepared, "--candidate", ws.candidates / "soft",
-                "-o", work / "mine"),
+                "--out", work / "mine"),
         ("mine",), work,
     )(before)  # fmt: skip
 
@@ -414,7 +430,18 @@ def _verdict_counts(ws: Workspace) -> Outcome:
     data = work / "data"
     shutil.copytree(ws.data, data)
     _ok(run_cli("prepare", data, "--out", work / "prep", *TINY))
-    _ok(run_cli("predict", work / "prep", "--model", ws.member, "--out", work / "pred", *TINY))
+    _ok(
+        run_cli(
+            "predict",
+            "--prepared",
+            work / "prep",
+            "--model",
+            ws.member,
+            "--out",
+            work / "pred",
+            *TINY,
+        )
+    )
     _ok(run_cli("ensemble", work / "pred", "--method", "soft", "--name", "soft",
                 "--out", work / "cands" / "soft"))  # fmt: skip
     hc = data / "hardcases.csv"
@@ -436,7 +463,7 @@ def _verdict_counts(ws: Workspace) -> Outcome:
 
 def _lineage(ws: Workspace) -> Outcome:
     work = ws.fresh("lineage")
-    rc, _, err = run_cli("submission", ws.prepared, "--probs", ws.candidates / "soft" / "probs.csv",
+    rc, _, err = run_cli("submission", "--prepared", ws.prepared, "--probs", ws.candidates / "soft" / "probs.csv",
                          "--out", work / "subs", "--candidate", "soft")  # fmt: skip
     if rc != 0:
         return Outcome("wrong", f"exit {rc}: {err.strip()[-300:]}")
@@ -460,7 +487,7 @@ SCENARIOS += [
 
 def _password(ws: Workspace) -> Outcome:
     rc, out, err = run_cli("submit", "pipelines/train.py", "--host",
-                           "http://user:hunter2pw@127.0.0.1:9", "--param", "data_uri=s3://b/d")  # fmt: skip
+                           "http://user:hunter2pw@127.0.0.1:9", "--param", "data_root=s3://b/d")  # fmt: skip
     if "hunter2pw" in out + err:
         return Outcome("wrong", "the password was printed")
     if rc == 0:
@@ -542,7 +569,7 @@ def _failed_task(ws: Workspace) -> Outcome:
     data = work / "data"
     shutil.copytree(ws.data, data)
     (data / "meta.csv").write_text("target,class_name\n0,only\n")
-    rc, out, err = run_cli("run", "pipelines/train.py", "--local", "--param", f"data_uri={data}",
+    rc, out, err = run_cli("run", "pipelines/train.py", "--local", "--param", f"data_root={data}",
                            "--out", work / "runs")  # fmt: skip
     lines = [ln for ln in err.splitlines() if ln.strip()]
     last = lines[-1] if lines else ""

@@ -9,10 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from docsort.cli.main import main
 from docsort.core.config import load_config
 from docsort.data.prepared import Prepared
 from tests.conftest import TINY
+from tests.scenario import run_cli
 
 OFFLINE = ["aug.augraphy.mode=offline", "aug.augraphy.copies=1", "aug.augraphy.probability=1.0"]
 
@@ -61,7 +61,8 @@ def test_copies_key_covers_settings_and_seed():
     )  # another clean cache (images or resize spec)
 
 
-def test_copies_do_not_depend_on_the_number_of_workers(tmp_path):
+def test_copies_depend_on_the_seed_not_on_the_number_of_workers(tmp_path):
+    """Same seed: the same bytes however many processes draw them; another seed: other draws."""
     from docsort.data.augraphy_copies import build_copies
 
     rng = np.random.default_rng(0)
@@ -71,7 +72,16 @@ def test_copies_do_not_depend_on_the_number_of_workers(tmp_path):
     cfg = load_config([*OFFLINE, "aug.augraphy.copies=2"])
     build_copies(tmp_path / "train.npy", tmp_path / "one.npy", cfg, workers=1)
     build_copies(tmp_path / "train.npy", tmp_path / "two.npy", cfg, workers=2)
-    assert np.array_equal(np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy"))
+    one = np.load(tmp_path / "one.npy")
+    assert one.shape == (4, 2, 40, 40) and np.array_equal(one, np.load(tmp_path / "two.npy"))
+    assert not np.array_equal(one[:, 0], clean)  # the copies are degraded, not the clean images
+    build_copies(
+        tmp_path / "train.npy",
+        tmp_path / "seed1.npy",
+        load_config([*OFFLINE, "aug.augraphy.copies=2", "seed=1"]),
+        workers=1,
+    )
+    assert not np.array_equal(one, np.load(tmp_path / "seed1.npy"))
 
 
 def test_training_draws_from_the_offline_copies(augraphy_prepared, tmp_path):
@@ -100,19 +110,17 @@ def test_training_draws_from_the_offline_copies(augraphy_prepared, tmp_path):
     assert torch.equal(ds[0][0], to_tensor(run.images[run.tr_rows[0]]))
 
 
-def test_offline_mode_without_copies_fails_before_training(prepared_root, tmp_path, capsys):
-    code = main(
-        [
-            "train",
-            str(prepared_root),
-            "--out",
-            str(tmp_path / "m"),
-            *TINY,
-            *OFFLINE,
-            "tracking.wandb=disabled",
-        ]
+def test_offline_mode_without_copies_fails_before_training(prepared_root, tmp_path):
+    code, _, err = run_cli(
+        "train",
+        "--prepared",
+        prepared_root,
+        "--out",
+        tmp_path / "m",
+        *TINY,
+        *OFFLINE,
+        "tracking.wandb=disabled",
     )
-    err = capsys.readouterr().err
     assert code == 2 and "has no Augraphy copies" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m" / "checkpoints").exists()
 
@@ -136,62 +144,45 @@ def test_online_augraphy_degrades_samples():
 
 
 def test_augment_preview_writes_a_grid_from_a_prepared_folder_and_a_dataset_root(
-    augraphy_prepared, sample_root, tmp_path, capsys
+    augraphy_prepared, sample_root, tmp_path
 ):
     from PIL import Image
 
     out = tmp_path / "grid.png"
-    assert (
-        main(
-            [
-                "augment-preview",
-                str(augraphy_prepared),
-                "--aug",
-                "doc_strong",
-                "-o",
-                str(out),
-                "--images",
-                "3",
-                "--draws",
-                "2",
-                *OFFLINE,
-            ]
-        )
-        == 0
-    )
+    code, printed, err = run_cli(
+        "augment-preview", augraphy_prepared, "--aug", "doc_strong", "--out", out,
+        "--images", "3", "--draws", "2", *OFFLINE,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "preview written to" in printed
     with Image.open(out) as im:
         w, h = im.size
     assert (
         w > 700 and 3 * 200 < h < 3 * 400
     )  # 3 rows x (clean + 2 draws), wide enough for the title
     out2 = tmp_path / "grid_root.png"
-    assert (
-        main(
-            [
-                "augment-preview",
-                str(sample_root),
-                "--aug",
-                "light",
-                "-o",
-                str(out2),
-                "--images",
-                "4",
-                "--draws",
-                "3",
-                "data.image_size=64",
-            ]
-        )
-        == 0
-    )
+    code, _, err = run_cli(
+        "augment-preview", sample_root, "--aug", "light", "--out", out2,
+        "--images", "4", "--draws", "3", "data.image_size=64",
+    )  # fmt: skip
+    assert code == 0, err
     with Image.open(out2) as im:
         assert im.size[0] > 4 * 100 and im.size[1] > 4 * 100
-    assert "preview written to" in capsys.readouterr().out
-    code = main(
-        ["augment-preview", str(sample_root), "--aug", "nonsense", "-o", str(tmp_path / "x.png")]
+    code, _, err = run_cli(
+        "augment-preview", sample_root, "--aug", "nonsense", "--out", tmp_path / "x.png"
     )
-    assert code == 2 and "doc_light" in capsys.readouterr().err
+    assert code == 2 and "doc_light" in err and not (tmp_path / "x.png").exists()
 
 
 def test_prepared_json_records_the_augraphy_timing(augraphy_prepared):
+    """The timing describes the run that made the copies: its sizes, and CPU time that fits in
+    ``workers`` x wall time; the sidecar beside the copies holds the same record (what a reuse reads)."""
+    prep = Prepared(augraphy_prepared)
     info = json.loads((augraphy_prepared / "prepared.json").read_text())["augraphy"]
-    assert {"images", "copies", "workers", "wall_s", "seconds_per_copy", "pipeline"} <= set(info)
+    n = len(prep.images("train"))
+    assert info["images"] == n and info["copies"] == 1 and info["pipeline"] == "doc"
+    assert 1 <= info["workers"] <= n
+    busy = info["seconds_per_copy"] * n * info["copies"]
+    assert 0 < busy <= info["workers"] * (info["wall_s"] + 0.01) + 1e-4 * n  # rounding slack
+    sidecar = augraphy_prepared / "cache" / prep.info["cache"]["augraphy"].replace(".npy", ".json")
+    assert json.loads(sidecar.read_text()) == {k: v for k, v in info.items() if k != "reused"}

@@ -7,7 +7,6 @@ The cases are data (``PREPARE_CASES``, ``SUBMISSION_CASES``, ``CONFIG_CASES``) s
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
@@ -37,24 +36,15 @@ from docsort.data.contract import (
     read_csv,
     read_labelled,
 )
-from tests import scenario
-from tests.scenario import one_line
+from tests.conftest import TINY
+from tests.scenario import one_line, run_cli
 
-TINY = ("data.image_size=48", "data.num_folds=2")
 HYPOTHESIS = settings(
     max_examples=300,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-
-
-# ---------------------------------------------------------------- running the CLI
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """``docsort ARGV`` in this process: (exit code, stdout, stderr)."""
-    return scenario.run_cli(*argv)
 
 
 # ---------------------------------------------------------------- editing a copy of the sample data
@@ -323,6 +313,7 @@ def submission_argv(prepared: Path, work: Path, case: Case) -> list[str]:
     _probs(prepared, edit=case.extra["edit"]).to_csv(probs, index=False)
     return [
         "submission",
+        "--prepared",
         str(prepared),
         "--probs",
         str(probs),
@@ -336,13 +327,14 @@ def submission_argv(prepared: Path, work: Path, case: Case) -> list[str]:
 def config_argv(root: Path, prepared: Path, work: Path, case: Case) -> list[str]:
     out = str(work / "out")
     if case.command == "train":
-        return ["train", str(prepared), "--out", out, *case.overrides]
+        return ["train", "--prepared", str(prepared), "--out", out, *case.overrides]
     if case.command == "predict":
         return [
             "predict",
+            "--prepared",
             str(prepared),
             "--model",
-            str(work / "no-model"),
+            str(root),
             "--out",
             out,
             *case.overrides,
@@ -384,14 +376,14 @@ def test_prepare_refuses(case: Case, data_copy: Path, tmp_path: Path):
         case.breaks(data_copy)
     work = tmp_path / "work"
     work.mkdir()
-    rc, _, err = run_cli(prepare_argv(data_copy, work / "prepared", case))
+    rc, _, err = run_cli(*prepare_argv(data_copy, work / "prepared", case))
     assert_refused(rc, err, case.expect, work, set())
 
 
 @pytest.mark.parametrize("case", SUBMISSION_CASES, ids=_ids(SUBMISSION_CASES))
 def test_submission_refuses(case: Case, prepared_root: Path, tmp_path: Path):
     argv = submission_argv(prepared_root, tmp_path, case)
-    rc, _, err = run_cli(argv)
+    rc, _, err = run_cli(*argv)
     assert_refused(rc, err, case.expect, tmp_path, {"probs.csv"})
 
 
@@ -400,7 +392,7 @@ def test_invalid_config_fails_before_any_work(
     case: Case, sample_root: Path, prepared_root: Path, tmp_path: Path
 ):
     # predict is pointed at a model folder that does not exist: the config must be refused first.
-    rc, _, err = run_cli(config_argv(sample_root, prepared_root, tmp_path, case))
+    rc, _, err = run_cli(*config_argv(sample_root, prepared_root, tmp_path, case))
     assert_refused(rc, err, case.expect, tmp_path, set())
 
 
@@ -410,9 +402,17 @@ def test_other_commands_refuse_wrong_folders_in_one_line(
     """train/predict/ensemble/hardcases given the wrong kind of folder: one line, exit 2, nothing written."""
     out = tmp_path / "out"
     cases = [
-        (["train", str(sample_root), "--out", str(out)], "not a prepared folder"),
+        (["train", "--prepared", str(sample_root), "--out", str(out)], "not a prepared folder"),
         (
-            ["predict", str(prepared_root), "--model", str(sample_root), "--out", str(out)],
+            [
+                "predict",
+                "--prepared",
+                str(prepared_root),
+                "--model",
+                str(sample_root),
+                "--out",
+                str(out),
+            ],
             "not a model folder",
         ),
         (["ensemble", str(sample_root), "--out", str(out)], "not found"),
@@ -430,7 +430,7 @@ def test_other_commands_refuse_wrong_folders_in_one_line(
         ),
     ]
     for argv, expect in cases:
-        rc, _, err = run_cli(argv)
+        rc, _, err = run_cli(*argv)
         assert_refused(rc, err, (expect,), tmp_path, set())
 
 
@@ -439,7 +439,7 @@ def test_bom_crlf_and_blank_lines_are_accepted(data_copy: Path, tmp_path: Path):
     for name in ("train.csv", "meta.csv", "sample_submission.csv"):
         text = (data_copy / name).read_text(encoding="utf-8")
         (data_copy / name).write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n\r\n").encode())
-    rc, out, err = run_cli(prepare_argv(data_copy, tmp_path / "prep", Case("", ())))
+    rc, out, err = run_cli(*prepare_argv(data_copy, tmp_path / "prep", Case("", ())))
     assert rc == 0, err
     index = pd.read_csv(tmp_path / "prep" / "index.csv", dtype=str)
     assert len(index) == len([r for r in read_rows(data_copy / "train.csv") if r]) - 1
@@ -467,7 +467,7 @@ def test_16bit_palette_and_alpha_images_are_converted(data_copy: Path, tmp_path:
     assert Image.open(io.BytesIO(images[2][0])).mode.startswith("I")
     for row, (data, _) in images.items():
         put_image(data_copy, row, data)
-    rc, _, err = run_cli(prepare_argv(data_copy, tmp_path / "prep", Case("", ())))
+    rc, _, err = run_cli(*prepare_argv(data_copy, tmp_path / "prep", Case("", ())))
     assert rc == 0, err
     from docsort.data.prepared import Prepared
 
@@ -487,7 +487,7 @@ def test_our_pixel_limit_decides_not_pils(
     refuse images data.max_pixels allows, nor print a warning for the ones it refuses."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # far below the sample images (~50 000 px)
     rc, _, err = run_cli(
-        prepare_argv(
+        *prepare_argv(
             data_copy, tmp_path / "prep", Case("", (), overrides=("data.max_pixels=1000000",))
         )
     )
@@ -500,7 +500,7 @@ def test_our_pixel_limit_decides_not_pils(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         rc, _, err = run_cli(
-            prepare_argv(
+            *prepare_argv(
                 data_copy, tmp_path / "prep2", Case("", (), overrides=("data.max_pixels=1000000",))
             )
         )
@@ -510,10 +510,10 @@ def test_our_pixel_limit_decides_not_pils(
 
 def test_failed_prepare_keeps_the_previous_complete_output(data_copy: Path, tmp_path: Path):
     out = tmp_path / "prep"
-    assert run_cli(prepare_argv(data_copy, out, Case("", ())))[0] == 0
+    assert run_cli(*prepare_argv(data_copy, out, Case("", ())))[0] == 0
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     put_image(data_copy, 4, b"")
-    rc, _, err = run_cli(prepare_argv(data_copy, out, Case("", ())))
+    rc, _, err = run_cli(*prepare_argv(data_copy, out, Case("", ())))
     assert rc == 2 and "empty file" in one_line(err)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
@@ -528,7 +528,7 @@ def test_s3_dataset_messages_name_the_s3_uri(s3_server, sample_root: Path, tmp_p
     set_cell(root, "train.csv", 3, "target", "seven")
     storage.upload_dir(root, f"s3://{s3_server.bucket}/ds")
     rc, _, err = run_cli(
-        ["prepare", f"s3://{s3_server.bucket}/ds", "--out", str(tmp_path / "work" / "prep"), *TINY]
+        "prepare", f"s3://{s3_server.bucket}/ds", "--out", str(tmp_path / "work" / "prep"), *TINY
     )
     msg = one_line(err)
     assert rc == 2 and msg.startswith(
@@ -595,25 +595,42 @@ def test_check_id_on_separator_soup(value: str):
     """Strings made of separators and dots, where escapes hide."""
     try:
         v = check_id(value, file="f", row=1)
-    except DocsortError:
+    except DocsortError as err:
+        assert str(err).startswith("f row 1: ") and "\n" not in str(err)
         return
+    assert v == value.strip() and "\x00" not in v
     assert _inside("/data/train", v.replace("\\", "/"))
 
 
 @HYPOTHESIS
 @given(st.lists(st.tuples(st.text(max_size=20), st.text(max_size=8)), max_size=8))
 def test_parse_ids_and_targets_only_raise_docsort_error(rows):
+    """Either a one-line refusal naming a row, or exactly the rows' values, validated."""
     df = (
         pd.DataFrame(rows, columns=["ID", "target"])
         if rows
         else pd.DataFrame({"ID": [], "target": []})
     )
-    for fn in (
-        lambda: parse_ids(df, file="t.csv"),
-        lambda: parse_targets(df, set(range(5)), file="t.csv"),
-    ):
-        with contextlib.suppress(DocsortError):
-            fn()
+    try:
+        ids = parse_ids(df, file="t.csv")
+    except DocsortError as err:
+        _assert_names_a_row(err, len(rows))
+    else:
+        assert ids == [check_id(i, file="t.csv", row=1) for i, _ in rows]
+        assert len(set(ids)) == len(ids)
+    try:
+        targets = parse_targets(df, set(range(5)), file="t.csv")
+    except DocsortError as err:
+        _assert_names_a_row(err, len(rows))
+    else:
+        assert targets == [int(t.strip().split(".")[0]) for _, t in rows]
+        assert set(targets) <= set(range(5))
+
+
+def _assert_names_a_row(err: DocsortError, n_rows: int) -> None:
+    msg = str(err)
+    assert "\n" not in msg and msg.startswith("t.csv row "), msg
+    assert 1 <= int(msg.removeprefix("t.csv row ").split(":")[0]) <= n_rows, msg
 
 
 @HYPOTHESIS
@@ -623,10 +640,14 @@ def test_read_csv_on_arbitrary_bytes_only_raises_docsort_error(data: bytes, tmp_
     path.write_bytes(data)
     try:
         df = read_csv(path, ("ID", "target"), name="any.csv")
-        parse_ids(df, file="any.csv")
-        parse_targets(df, None, file="any.csv")
+        ids = parse_ids(df, file="any.csv")
+        targets = parse_targets(df, None, file="any.csv")
     except DocsortError as err:
         assert "\n" not in str(err) and str(err).startswith("any.csv")
+        return
+    assert list(df.columns) == ["ID", "target"]
+    assert len(ids) == len(set(ids)) == len(targets) == len(df)
+    assert all(isinstance(t, int) for t in targets)
 
 
 @HYPOTHESIS
@@ -643,9 +664,12 @@ def test_read_csv_on_arbitrary_text_rows_only_raises_docsort_error(
     path.write_text("ID,target\n" + "\n".join(lines), encoding="utf-8")
     try:
         lab = read_labelled(path, None, name="any.csv")
-        assert len(lab.ids) == len(lab.targets)
     except DocsortError as err:
-        assert str(err).startswith("any.csv")
+        assert "\n" not in str(err) and str(err).startswith("any.csv")
+        return
+    assert len(lab.ids) == len(set(lab.ids)) == len(lab.targets) <= len(lines)
+    assert all(check_id(i, file="any.csv", row=1) == i for i in lab.ids)
+    assert all(isinstance(t, int) for t in lab.targets)
 
 
 _VALID_ID = st.text(
@@ -689,7 +713,8 @@ def test_targets_are_plain_integers_or_refused(value: str):
     df = pd.DataFrame({"ID": ["a.jpg"], "target": [value]})
     try:
         (t,) = parse_targets(df, None, file="t.csv")
-    except DocsortError:
+    except DocsortError as err:
+        assert str(err).startswith("t.csv row 1: ") and "\n" not in str(err)
         return
     v = value.strip()
     assert v.isascii() and float(v) == t

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from docsort.cli.main import main
 from docsort.core.atomic import owner_tag
 from docsort.core.probs import read_probs
 from docsort.core.stats import macro_f1
@@ -21,12 +20,7 @@ from docsort.data.prepared import Prepared
 from docsort.ensemble.combiners import load_spec
 from docsort.ensemble.members import oof_probs
 from tests.conftest import TINY
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.scenario import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +32,15 @@ def two_members(trained_member, tmp_path_factory) -> list[Path]:
 
 
 def test_soft_candidate_predicts_members_and_reruns_identically(
-    trained_member, prepared_root, tmp_path, capsys
+    trained_member, prepared_root, tmp_path
 ):
     cand = tmp_path / "soft"
-    code, out, err = run(capsys, "ensemble", "--model", str(trained_member), "--prepared", str(prepared_root),
+    code, out, err = run_cli("ensemble", "--model", str(trained_member), "--prepared", str(prepared_root),
                          "--views", "identity,rot90", "--name", "c1814", "--out", str(cand), *TINY)  # fmt: skip
     assert code == 0, err
     spec = yaml.safe_load((cand / "candidate.yaml").read_text())
     assert spec["name"] == "c1814" and spec["method"] == "soft"
-    assert spec["members"] == [{"name": "resnet18-f0", "checkpoint": str(trained_member.resolve())}]
+    assert spec["members"] == [{"name": "resnet18-f0", "model": str(trained_member.resolve())}]
     assert spec["tta_views"] == ["identity", "rot90"] and spec["tta_merge"] == "mean"
     ids, probs, _ = read_probs(cand / "probs.csv")
     assert ids == Prepared(prepared_root).test_ids
@@ -63,8 +57,7 @@ def test_soft_candidate_predicts_members_and_reruns_identically(
         macro_f1(o_df["target"], o_probs.argmax(1)), abs=1e-6
     )
 
-    code, out, err = run(
-        capsys,
+    code, out, err = run_cli(
         "candidate",
         "run",
         str(cand / "candidate.yaml"),
@@ -83,9 +76,7 @@ def test_soft_candidate_predicts_members_and_reruns_identically(
     )
 
 
-def test_weighted_calibrated_candidate_spec_report_and_rerun(
-    two_members, prepared_root, tmp_path, capsys
-):
+def test_weighted_calibrated_candidate_spec_report_and_rerun(two_members, prepared_root, tmp_path):
     cand = tmp_path / "w"
     args = [
         "ensemble",
@@ -101,14 +92,14 @@ def test_weighted_calibrated_candidate_spec_report_and_rerun(
     ]
     for m in two_members:
         args += ["--model", str(m)]
-    code, out, err = run(capsys, *args, *TINY)
+    code, out, err = run_cli(*args, *TINY)
     assert code == 0, err
     spec = load_spec(cand / "candidate.yaml")
     assert spec.method == "weighted" and [m.name for m in spec.members] == [
         "resnet18-f0",
         "resnet18-f0-2",
     ]
-    assert [m.checkpoint for m in spec.members] == [str(p.resolve()) for p in two_members]
+    assert [m.model for m in spec.members] == [str(p.resolve()) for p in two_members]
     assert len(spec.weights) == 2 and sum(spec.weights) == pytest.approx(1.0)
     assert len(spec.temperatures) == 2 and all(t > 0 for t in spec.temperatures)
     assert spec.tta_views == ["identity"] and 0 <= spec.oof_macro_f1 <= 1
@@ -131,8 +122,7 @@ def test_weighted_calibrated_candidate_spec_report_and_rerun(
     assert "Nested CV of the weight search" in out and "ece_cal" in out
 
     rerun = tmp_path / "rerun"
-    code, _, err = run(
-        capsys,
+    code, _, err = run_cli(
         "candidate",
         "run",
         str(cand / "candidate.yaml"),
@@ -150,30 +140,27 @@ def test_weighted_calibrated_candidate_spec_report_and_rerun(
     )
 
 
-def test_fitted_methods_refuse_members_without_shared_oof(
-    trained_member, prepared_root, tmp_path, capsys
-):
+def test_fitted_methods_refuse_members_without_shared_oof(trained_member, prepared_root, tmp_path):
     lonely = tmp_path / "m-no-oof"
     shutil.copytree(trained_member, lonely)
     (lonely / "oof.csv").unlink()
     (lonely / "oof_views.npz").unlink()
     out = tmp_path / "c"
-    code, _, err = run(capsys, "ensemble", "--model", str(trained_member), "--model", str(lonely), "--prepared", str(prepared_root),
+    code, _, err = run_cli("ensemble", "--model", str(trained_member), "--model", str(lonely), "--prepared", str(prepared_root),
                        "--views", "identity", "--method", "stacked", "--out", str(out), *TINY)  # fmt: skip
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "fits on out-of-fold predictions" in err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_candidate_run_names_a_missing_checkpoint(trained_member, prepared_root, tmp_path, capsys):
+def test_candidate_run_names_a_missing_member_model(trained_member, prepared_root, tmp_path):
     spec = tmp_path / "candidate.yaml"
     spec.write_text(
         yaml.safe_dump(
-            {"name": "c1824", "members": [{"name": "gone", "checkpoint": str(tmp_path / "gone")}]}
+            {"name": "c1824", "members": [{"name": "gone", "model": str(tmp_path / "gone")}]}
         )
     )
-    code, _, err = run(
-        capsys,
+    code, _, err = run_cli(
         "candidate",
         "run",
         str(spec),
@@ -182,13 +169,13 @@ def test_candidate_run_names_a_missing_checkpoint(trained_member, prepared_root,
         "--out",
         str(tmp_path / "out"),
     )
-    assert code == 2 and "member checkpoint not found" in err and str(tmp_path / "gone") in err
+    assert code == 2 and "member model not found" in err and str(tmp_path / "gone") in err
     assert not (tmp_path / "out").exists()
 
 
 def test_candidate_submit_writes_lineage(trained_member, prepared_root, tmp_path, capsys):
     from docsort.ensemble.ensemble import ensemble
-    from docsort.review.submission import submit_candidate
+    from docsort.review.submission import write_candidate_submission
 
     cand = ensemble(
         [],
@@ -198,10 +185,10 @@ def test_candidate_submit_writes_lineage(trained_member, prepared_root, tmp_path
         views=["identity"],
         predict_overrides=TINY,
     )
-    uri = submit_candidate(prepared_root, cand, str(tmp_path / "subs"))
+    uri = write_candidate_submission(prepared_root, cand, str(tmp_path / "subs"))
     lineage = json.loads(Path(uri.replace(".csv", ".lineage.json")).read_text())
-    assert lineage["candidate"] == "soft-vote" and lineage["tta_views"] == ["identity"]
-    assert lineage["spec"]["members"][0]["checkpoint"] == str(trained_member.resolve())
+    assert lineage["candidate"] == "soft" and lineage["tta_views"] == ["identity"]
+    assert lineage["spec"]["members"][0]["model"] == str(trained_member.resolve())
     ((ckpt, digest),) = lineage["checkpoints"].items()
     assert ckpt.endswith("model.safetensors") and len(digest) == 64
     assert lineage["data_fingerprint"] == Prepared(prepared_root).info["fingerprint"]
@@ -219,7 +206,7 @@ def test_prepare_for_candidates_reads_the_members_image_settings(
 
     spec = tmp_path / "candidate.yaml"
     spec.write_text(
-        yaml.safe_dump({"name": "c", "members": [{"name": "m", "checkpoint": str(trained_member)}]})
+        yaml.safe_dump({"name": "c", "members": [{"name": "m", "model": str(trained_member)}]})
     )
     # a killed run's scratch folder (its owner process is gone) is removed by the next run
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

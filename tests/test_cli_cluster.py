@@ -43,7 +43,7 @@ def test_submit_compiles_and_sends_the_pipeline_with_params_and_service_account(
     host, api = kfp_api
     rc = main([
         "submit", str(ROOT / "src" / "docsort" / "pipelines" / "train.py"), "--host", host, "--experiment", "docsort",
-        "--param", "data_uri=s3://docsort-data/datasets/tiny", "--param", "train_overrides=train.epochs=3",
+        "--param", "data_root=s3://docsort-data/datasets/tiny", "--param", "train_overrides=train.epochs=3",
         "--run-name", "nightly-train",
     ])  # fmt: skip
     out = capsys.readouterr()
@@ -53,7 +53,7 @@ def test_submit_compiles_and_sends_the_pipeline_with_params_and_service_account(
     body = run["body"]
     assert body["service_account"] == "docsort-pipeline"
     assert body["runtime_config"]["parameters"] == {
-        "data_uri": "s3://docsort-data/datasets/tiny",
+        "data_root": "s3://docsort-data/datasets/tiny",
         "train_overrides": "train.epochs=3",
     }
     spec = body["pipeline_spec"]["pipeline_spec"]
@@ -67,7 +67,7 @@ def test_submit_compiles_and_sends_the_pipeline_with_params_and_service_account(
 
 def test_submit_with_the_cpu_profile_and_without_cache(kfp_api, capsys):
     host, api = kfp_api
-    rc = main(["submit", str(ROOT / "src" / "docsort" / "pipelines" / "train.py"), "--host", host, "--param", "data_uri=/data",
+    rc = main(["submit", str(ROOT / "src" / "docsort" / "pipelines" / "train.py"), "--host", host, "--param", "data_root=/data",
                "--k8s-profile", "cpu", "--no-cache", "--service-account", ""])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     body = _posts(api, "/apis/v2beta1/runs")[0]["body"]
@@ -88,7 +88,7 @@ def test_submit_with_the_cpu_profile_and_without_cache(kfp_api, capsys):
 def test_schedule_creates_a_nightly_recurring_run(kfp_api, capsys):
     host, api = kfp_api
     rc = main(["schedule", str(ROOT / "src" / "docsort" / "pipelines" / "train.py"), "--host", host, "--cron", "0 0 2 * * *",
-               "--name", "docsort-nightly", "--experiment", "nightly", "--param", "data_uri=s3://d/x"])  # fmt: skip
+               "--name", "docsort-nightly", "--experiment", "nightly", "--param", "data_root=s3://d/x"])  # fmt: skip
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "recurring run rr-1 (docsort-nightly, cron '0 0 2 * * *')" in out.out
@@ -97,14 +97,14 @@ def test_schedule_creates_a_nightly_recurring_run(kfp_api, capsys):
     assert body["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * *"
     assert int(body["max_concurrency"]) == 1 and body["no_catchup"] is True
     assert body["service_account"] == "docsort-pipeline"
-    assert body["runtime_config"]["parameters"] == {"data_uri": "s3://d/x"}
+    assert body["runtime_config"]["parameters"] == {"data_root": "s3://d/x"}
     assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "docsort-train"
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["submit", "pipelines/train.py", "--param", "data_uri=x"], "--host is required"),
+        (["submit", "pipelines/train.py", "--param", "data_root=x"], "--host is required"),
         (
             [
                 "schedule",
@@ -114,7 +114,7 @@ def test_schedule_creates_a_nightly_recurring_run(kfp_api, capsys):
                 "--cron",
                 "0 2 * * *",
                 "--param",
-                "data_uri=x",
+                "data_root=x",
             ],
             "has 5 fields; KFP needs 6",
         ),
@@ -124,7 +124,7 @@ def test_schedule_creates_a_nightly_recurring_run(kfp_api, capsys):
         ),
         (
             ["submit", "pipelines/train.py", "--host", "HOST"],
-            r"missing required pipeline parameter\(s\) \['data_uri'\]",
+            r"missing required pipeline parameter\(s\) \['data_root'\]",
         ),
         (
             [
@@ -133,7 +133,7 @@ def test_schedule_creates_a_nightly_recurring_run(kfp_api, capsys):
                 "--host",
                 "HOST",
                 "--param",
-                "data_uri=x",
+                "data_root=x",
                 "--k8s-profile",
                 "huge",
             ],
@@ -159,7 +159,7 @@ def test_bad_submissions_fail_with_one_line_before_anything_is_sent(
 
 
 def test_sweep_dry_run_prints_a_valid_katib_experiment(capsys):
-    rc = main(["sweep", "s3://docsort-data/prepared/tiny", "--space", "default", "--dry-run", "--trials", "6",
+    rc = main(["sweep", "--prepared", "s3://docsort-data/prepared/tiny", "--space", "default", "--dry-run", "--trials", "6",
                "--namespace", "team-a", "train.epochs=3"])  # fmt: skip
     out = capsys.readouterr()
     assert rc == 0, out.err
@@ -171,7 +171,7 @@ def test_sweep_dry_run_prints_a_valid_katib_experiment(capsys):
     pod = job["spec"]["template"]["spec"]
     command = pod["containers"][0]["command"][-1]
     assert command.startswith(
-        "docsort train s3://docsort-data/prepared/tiny --out /tmp/trial fold=0"
+        "docsort train --prepared s3://docsort-data/prepared/tiny --out /tmp/trial fold=0"
     )
     assert "train.epochs=3" in command
     # GPU trials land in the k8s profile's GPU pool
@@ -180,7 +180,7 @@ def test_sweep_dry_run_prints_a_valid_katib_experiment(capsys):
 
 
 def test_sweep_on_katib_needs_an_s3_uri(capsys, tmp_path):
-    rc = main(["sweep", str(tmp_path), "--backend", "katib", "--dry-run"])
+    rc = main(["sweep", "--prepared", str(tmp_path), "--backend", "katib", "--dry-run"])
     err = capsys.readouterr().err
     assert rc == 2 and "give an s3:// URI" in err
 
@@ -216,7 +216,7 @@ def test_local_sweep_through_the_cli(fake_trainer, tmp_path, capsys):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     (tmp_path / "prep").mkdir()
     out_dir = tmp_path / "sweep"
-    rc = main(["sweep", str(tmp_path / "prep"), "--space", str(tmp_path / "space.yaml"), "--trials", "5",
+    rc = main(["sweep", "--prepared", str(tmp_path / "prep"), "--space", str(tmp_path / "space.yaml"), "--trials", "5",
                "--out", str(out_dir), "seed=5"])  # fmt: skip
     out = capsys.readouterr()
     assert rc == 0, out.err
@@ -245,6 +245,7 @@ def test_a_space_that_does_not_compose_fails_before_any_trial(fake_trainer, tmp_
     rc = main(
         [
             "sweep",
+            "--prepared",
             str(tmp_path / "prep"),
             "--space",
             str(tmp_path / "s.yaml"),

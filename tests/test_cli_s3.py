@@ -19,7 +19,7 @@ from docsort.core import storage
 from docsort.core.probs import write_probs
 from docsort.data.prepared import Prepared
 
-from .conftest import TINY
+from .conftest import TINY, TINY_TRAIN
 
 
 def _keys(bucket: str, prefix: str) -> list[str]:
@@ -53,13 +53,14 @@ def test_submission_goes_to_s3_with_lineage_and_latest(s3_server, prepared_root,
     rc = main(
         [
             "submission",
+            "--prepared",
             str(prepared_root),
             "--probs",
             str(probs),
             "--out",
             results,
             "--candidate",
-            "soft-vote",
+            "soft",
         ]
     )
     out = capsys.readouterr()
@@ -103,14 +104,12 @@ def test_train_and_predict_read_prepared_data_by_s3_uri(s3_prepared, s3_server, 
     rc = main(
         [
             "train",
+            "--prepared",
             s3_prepared,
             "--out",
             str(model),
-            *TINY,
+            *TINY_TRAIN,
             "fold=0",
-            "train.epochs=1",
-            "train.batch_size=16",
-            "tracking.wandb=disabled",
         ]
     )
     out = capsys.readouterr()
@@ -124,6 +123,7 @@ def test_train_and_predict_read_prepared_data_by_s3_uri(s3_prepared, s3_server, 
     rc = main(
         [
             "predict",
+            "--prepared",
             s3_prepared,
             "--model",
             str(model),

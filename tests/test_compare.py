@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from docsort.core.errors import DocsortError
-from docsort.review.compare import compare_candidates
+from docsort.review.compare import score_candidates
 
 K = 4
 NAMES = ["letter", "memo", "form", "invoice"]
@@ -29,7 +29,7 @@ def test_mcnemar_worked_example_and_side_by_side_table():
     wrong = (y + 1) % K
     a = np.concatenate([y[:10], wrong[10:12], y[12:17], wrong[17:]])
     b = np.concatenate([wrong[:10], y[10:12], y[12:17], wrong[17:]])
-    cmp = compare_candidates(_ids(20), y, {"A": _probs(a), "B": _probs(b, 0.9)}, class_names=NAMES)
+    cmp = score_candidates(_ids(20), y, {"A": _probs(a), "B": _probs(b, 0.9)}, class_names=NAMES)
     pair = cmp.pairwise.iloc[0]
     assert (pair.a, pair.b, pair.a_wins, pair.b_wins, pair.both_right, pair.both_wrong) == (
         "A",
@@ -57,7 +57,7 @@ def test_mcnemar_worked_example_and_side_by_side_table():
 
 def test_macro_f1_counts_only_classes_present_in_the_hard_cases():
     y = np.array([0, 0, 1, 1])  # classes 2 and 3 never hand-labelled
-    cmp = compare_candidates(_ids(4), y, {"A": _probs([0, 0, 1, 0])})
+    cmp = score_candidates(_ids(4), y, {"A": _probs([0, 0, 1, 0])})
     # class 0: tp2 fp1 fn0 -> 0.8 ; class 1: tp1 fp0 fn1 -> 2/3
     assert cmp.per_candidate.loc[0, "macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
 
@@ -65,7 +65,7 @@ def test_macro_f1_counts_only_classes_present_in_the_hard_cases():
 def test_label_error_rows_are_listed_but_not_scored():
     y = np.array([0, 1, 2, 3])
     kinds = ["model_error", "model_error", "label_error", None]
-    cmp = compare_candidates(
+    cmp = score_candidates(
         _ids(4),
         y,
         {"A": _probs([0, 1, 0, 3]), "B": _probs([0, 0, 2, 3])},
@@ -89,7 +89,7 @@ def test_winner_policy_breaks_ties_as_stated(order):
     same = _probs([0, 1, 2, 0])  # 3 of 4 right for everyone
     probs = {n: same for n in order}
     # accuracy tied -> higher OOF macro F1 wins
-    cmp = compare_candidates(
+    cmp = score_candidates(
         _ids(4),
         y,
         probs,
@@ -100,7 +100,7 @@ def test_winner_policy_breaks_ties_as_stated(order):
     assert "decided by OOF macro F1" in cmp.policy
     assert cmp.per_candidate["candidate"].tolist() == ["B", "C", "A"]
     # accuracy and OOF tied -> fewer members wins
-    cmp = compare_candidates(
+    cmp = score_candidates(
         _ids(4),
         y,
         probs,
@@ -109,7 +109,7 @@ def test_winner_policy_breaks_ties_as_stated(order):
     )
     assert cmp.winner == "C" and "decided by member count" in cmp.policy
     # everything tied -> name, whatever the input order
-    cmp = compare_candidates(
+    cmp = score_candidates(
         _ids(4),
         y,
         probs,
@@ -118,13 +118,13 @@ def test_winner_policy_breaks_ties_as_stated(order):
     )
     assert cmp.winner == "A" and "decided by name" in cmp.policy
     # an unknown OOF score counts as worst
-    cmp = compare_candidates(_ids(4), y, probs, oof_macro_f1={"B": 0.1})
+    cmp = score_candidates(_ids(4), y, probs, oof_macro_f1={"B": 0.1})
     assert cmp.winner == "B"
 
 
 def test_accuracy_beats_oof_score():
     y = np.array([0, 1, 2, 3])
-    cmp = compare_candidates(
+    cmp = score_candidates(
         _ids(4),
         y,
         {"1814": _probs([0, 1, 2, 3]), "1824": _probs([0, 1, 2, 0])},
@@ -137,7 +137,7 @@ def test_accuracy_beats_oof_score():
 def test_format_table_is_terminal_safe_and_complete():
     y = np.array([0, 1])
     ids = ["evil\x1b[31m.png", "b.png"]
-    cmp = compare_candidates(
+    cmp = score_candidates(
         ids,
         y,
         {"A": _probs([0, 1]), "B": _probs([1, 1])},
@@ -159,10 +159,10 @@ def test_format_table_is_terminal_safe_and_complete():
 
 def test_bad_inputs():
     with pytest.raises(DocsortError, match="unique"):
-        compare_candidates(["a", "a"], [0, 1], {"A": _probs([0, 1])})
+        score_candidates(["a", "a"], [0, 1], {"A": _probs([0, 1])})
     with pytest.raises(DocsortError, match="aligned"):
-        compare_candidates(["a", "b"], [0, 1], {"A": _probs([0, 1]), "B": _probs([0])})
+        score_candidates(["a", "b"], [0, 1], {"A": _probs([0, 1]), "B": _probs([0])})
     with pytest.raises(DocsortError, match="0..3"):
-        compare_candidates(["a"], [7], {"A": _probs([0])})
+        score_candidates(["a"], [7], {"A": _probs([0])})
     with pytest.raises(DocsortError, match="at least one"):
-        compare_candidates(["a"], [0], {})
+        score_candidates(["a"], [0], {})

@@ -9,8 +9,12 @@ through docsort.components.k8s.
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 import json
 import pkgutil
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -166,7 +170,7 @@ def test_train_task_retries_and_caching_settings(tmp_path):
 def test_the_submission_step_is_never_served_from_cache(path, tmp_path):
     spec, _ = compiled(path, tmp_path)
     found = tasks(spec)
-    sub = [t for n, t in found.items() if n.startswith("submit")]
+    sub = [t for n, t in found.items() if n.startswith("submission")]
     assert sub and all(
         t["task"].get("cachingOptions", {}).get("enableCache", False) is False for t in sub
     )
@@ -290,3 +294,46 @@ def test_katib_trials_use_the_same_secrets_and_config_map_as_the_pipeline_tasks(
     } == katib.DEFAULT_SECRETS
     assert [c["name"] for c in profile["config_maps"]] == [katib.S3_CONFIG_MAP]
     assert profile["security"]["run_as_user"] == katib.RUN_AS_USER
+
+
+def _component_functions():
+    import docsort.components
+
+    for info in pkgutil.iter_modules(docsort.components.__path__, "docsort.components."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if hasattr(value, "component_spec"):
+                yield f"{info.name}.{name}", value.python_func
+
+
+def test_a_component_body_is_imports_and_one_stage_call():
+    """Logic belongs in a plain function in src: a component body has no control flow and
+    one statement that calls docsort (besides logging what came back)."""
+    seen = 0
+    for name, func in _component_functions():
+        seen += 1
+        (fn,) = ast.parse(textwrap.dedent(inspect.getsource(func))).body
+        flow = [
+            type(n).__name__
+            for n in ast.walk(fn)
+            if isinstance(n, ast.If | ast.For | ast.While | ast.Try | ast.With)
+        ]
+        assert not flow, f"{name} has {flow}"
+        imported = {
+            alias.asname or alias.name
+            for n in fn.body
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("docsort.")
+            and not n.module.startswith("docsort.components")
+            for alias in n.names
+        }  # fmt: skip
+        assert imported, f"{name} calls no docsort stage"
+        calls = [
+            s
+            for s in fn.body
+            if any(
+                isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in imported
+                for n in ast.walk(s)
+            )
+        ]
+        assert len(calls) == 1, f"{name} makes {len(calls)} stage calls"
+    assert seen >= 15

@@ -98,7 +98,7 @@ def test_pipeline_trials_and_skaffold_agree_on_a_non_default_registry(
         monkeypatch.setenv(key, value)
     for space, variant in (("cpu_small", "cpu"), ("default", "gpu")):
         exp = katib.build_experiment(
-            space, namespace="team-a", data_uri="s3://docsort-data/prepared"
+            space, namespace="team-a", prepared="s3://docsort-data/prepared"
         )
         assert set(_images_in(exp["spec"]["trialTemplate"])) == {expected[variant]}
 
@@ -155,7 +155,7 @@ def test_k8s_manifests_name_images_skaffold_replaces():
 def test_compile_takes_the_image_options_and_refuses_bad_ones(tmp_path: Path):
     out = tmp_path / "train.yaml"
     rc, stdout, stderr = run_cli(
-        "compile", ROOT / "src" / "docsort" / "pipelines" / "train.py", "-o", out,
+        "compile", ROOT / "src" / "docsort" / "pipelines" / "train.py", "--out", out,
         "--image-registry", REGISTRIES[0], "--image-tag", TAG, "--k8s-profile", "cpu",
     )  # fmt: skip
     assert rc == 0, stderr
@@ -164,7 +164,7 @@ def test_compile_takes_the_image_options_and_refuses_bad_ones(tmp_path: Path):
     assert used == {f"{REGISTRIES[0]}/docsort-cpu:{TAG}"}  # the cpu profile: no GPU image at all
 
     rc, _, stderr = run_cli(
-        "compile", ROOT / "src" / "docsort" / "pipelines" / "train.py", "-o", tmp_path / "bad.yaml",
+        "compile", ROOT / "src" / "docsort" / "pipelines" / "train.py", "--out", tmp_path / "bad.yaml",
         "--image-registry", "https://ghcr.io/me",
     )  # fmt: skip
     assert rc == 2 and not (tmp_path / "bad.yaml").exists()
@@ -195,7 +195,7 @@ def test_trial_pods_get_the_pipeline_tasks_pull_secrets(tmp_path: Path):
     exp = katib.build_experiment(
         "cpu_small",
         namespace="team-a",
-        data_uri="s3://docsort-data/prepared",
+        prepared="s3://docsort-data/prepared",
         image_pull_secrets=pod["image_pull_secrets"],
     )
     template = exp["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
+from docsort.core.choices import MERGES
 from docsort.core.errors import ConfigError, DocsortError
 from docsort.core.stats import macro_f1
 from docsort.ensemble import combiners as ens
@@ -40,7 +41,7 @@ def test_soft_and_geometric_merge_hand_examples():
     assert np.allclose(ens.merge_probs([P1, P2], [3, 1]), 0.75 * P1 + 0.25 * P2)
 
 
-@pytest.mark.parametrize("merge", ens.MERGES)
+@pytest.mark.parametrize("merge", MERGES)
 def test_one_hot_weights_equal_that_member(merge):
     _, members = _members(n=60)
     for i in range(len(members)):
@@ -236,12 +237,12 @@ def test_spec_validation_names_the_problem(kw, message):
 
 def test_load_spec_rejects_bad_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nmembers: [{name: a, checkpoint: c}]\nmethd: soft\n")
+    bad.write_text("name: x\nmembers: [{name: a, model: c}]\nmethd: soft\n")
     with pytest.raises(
         ConfigError, match=r"bad.yaml: candidate spec has unknown keys \['methd'\]; valid: name"
     ):
         ens.load_spec(bad)
-    bad.write_text("name: x\nmembers: [{name: a, checkpoint: c, view: [rot90]}]\n")
+    bad.write_text("name: x\nmembers: [{name: a, model: c, view: [rot90]}]\n")
     with pytest.raises(ConfigError, match="member 0 has unknown keys"):
         ens.load_spec(bad)
     # safe_load: no Python object construction from a spec file
@@ -252,10 +253,16 @@ def test_load_spec_rejects_bad_yaml(tmp_path):
         ens.load_spec(tmp_path / "missing.yaml")
 
 
-def test_view_names_match_the_tta_module():
-    from docsort.core.config import VIEW_NAMES
-
-    assert ens.VIEW_NAMES == VIEW_NAMES
+def test_a_spec_written_with_checkpoint_keys_still_loads_and_is_saved_with_model(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("name: x\nmembers: [{name: a, checkpoint: runs/a, views: [rot90]}]\n")
+    spec = ens.load_spec(old)
+    assert spec.members == [ens.MemberSpec("a", "runs/a", views=["rot90"])]
+    saved = yaml.safe_load(ens.save_spec(spec, tmp_path / "new.yaml").read_text())
+    assert saved["members"] == [{"name": "a", "model": "runs/a", "views": ["rot90"]}]
+    old.write_text("name: x\nmembers: [{name: a}]\n")
+    with pytest.raises(ConfigError, match="member 0 needs 'name' and 'model'"):
+        ens.load_spec(old)
 
 
 def test_outer_folds_are_stratified_within_the_oof_rows():

@@ -28,7 +28,8 @@ import pytest
 
 from docsort.core import storage
 from docsort.review.submission import latest
-from tests.test_bad_input import TINY, one_line, run_cli
+from tests.conftest import TINY, TINY_TRAIN
+from tests.scenario import one_line, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,15 @@ def _probs(prepared: Path, path: Path, seed: int) -> Path:
 
 def _submit(prepared: Path, probs: Path, out: str, candidate: str) -> tuple[int, str]:
     rc, _, err = run_cli(
-        ["submission", str(prepared), "--probs", str(probs), "--out", out, "--candidate", candidate]
+        "submission",
+        "--prepared",
+        str(prepared),
+        "--probs",
+        str(probs),
+        "--out",
+        out,
+        "--candidate",
+        candidate,
     )
     return rc, err
 
@@ -150,14 +159,12 @@ def test_full_disk_during_prepare_keeps_nothing_half_written(
     out = tmp_path / "prep"
     assert (
         run_cli(
-            [
-                "prepare",
-                str(sample_root),
-                "--out",
-                str(out),
-                "data.image_size=32",
-                "data.num_folds=2",
-            ]
+            "prepare",
+            str(sample_root),
+            "--out",
+            str(out),
+            "data.image_size=32",
+            "data.num_folds=2",
         )[0]
         == 0
     )
@@ -178,7 +185,7 @@ def test_full_disk_during_prepare_keeps_nothing_half_written(
         "prep"
     ]  # no temporary folder left beside it
 
-    assert run_cli(argv)[0] == 0
+    assert run_cli(*argv)[0] == 0
     assert _caches(out) == _caches(prepared_root)
     assert (out / "index.csv").read_bytes() == (prepared_root / "index.csv").read_bytes()
 
@@ -247,13 +254,13 @@ def test_torn_cache_in_a_complete_folder_is_rebuilt_not_reused(
     """A cache file cut short (a copy interrupted, a disk error) is not linked into the next run as if complete."""
     out = tmp_path / "prep"
     argv = ["prepare", str(sample_root), "--out", str(out), *TINY]
-    assert run_cli(argv)[0] == 0
+    assert run_cli(*argv)[0] == 0
     info = json.loads((out / "prepared.json").read_text())
     torn = out / "cache" / info["cache"]["train"]
     data = torn.read_bytes()
     torn.unlink()  # not truncate(): other folders may share this file through hard links
     torn.write_bytes(data[: len(data) // 2])
-    assert run_cli(argv)[0] == 0
+    assert run_cli(*argv)[0] == 0
     assert _caches(out) == _caches(prepared_root)
 
 
@@ -307,8 +314,8 @@ def test_full_disk_during_train_is_one_line_and_the_checkpoint_temp_is_removed(
     """The epoch-end checkpoint hits ENOSPC: one line naming last.ckpt, no temporary checkpoint left
     filling the disk; with space the same command trains the member."""
     mnt = tmp_path / "mnt"
-    argv = ["train", str(prepared_root), "--out", str(mnt / "m"), *TINY, "fold=0", "model=resnet10t",
-            "train.epochs=1", "train.batch_size=16", "tracking.wandb=disabled"]  # fmt: skip
+    argv = ["train", "--prepared", str(prepared_root), "--out", str(mnt / "m"), *TINY_TRAIN, "fold=0",
+            "model=resnet10t"]  # fmt: skip
     full, again = _on_tmpfs(
         tmp_path, "12m", [{"argv": argv}, {"argv": argv, "remount": "size=256m"}]
     )
@@ -330,9 +337,9 @@ def test_full_disk_during_predict_and_submission_is_one_line(
     mnt = tmp_path / "mnt"
     probs = _probs(prepared_root, tmp_path / "p.csv", 0)
     argv = {
-        "predict": ["predict", str(prepared_root), "--model", str(trained_member), "--out",
+        "predict": ["predict", "--prepared", str(prepared_root), "--model", str(trained_member), "--out",
                     str(mnt / "pred"), *TINY],
-        "submission": ["submission", str(prepared_root), "--probs", str(probs), "--out",
+        "submission": ["submission", "--prepared", str(prepared_root), "--probs", str(probs), "--out",
                        str(mnt / "subs"), "--candidate", "soft"],
     }[stage]  # fmt: skip
     full, again = _on_tmpfs(tmp_path, "8k", [{"argv": argv}, {"argv": argv, "remount": "size=16m"}])
@@ -348,9 +355,9 @@ def test_full_disk_during_predict_and_submission_is_one_line(
 
 READ_ONLY = {
     "prepare": lambda data, prep, model, probs, mnt: ["prepare", data, "--out", mnt / "prep", *TINY],
-    "train": lambda data, prep, model, probs, mnt: ["train", prep, "--out", mnt / "m", *TINY, "fold=0"],
-    "predict": lambda data, prep, model, probs, mnt: ["predict", prep, "--model", model, "--out", mnt / "pred", *TINY],
-    "submission": lambda data, prep, model, probs, mnt: ["submission", prep, "--probs", probs, "--out", mnt / "s"],
+    "train": lambda data, prep, model, probs, mnt: ["train", "--prepared", prep, "--out", mnt / "m", *TINY, "fold=0"],
+    "predict": lambda data, prep, model, probs, mnt: ["predict", "--prepared", prep, "--model", model, "--out", mnt / "pred", *TINY],
+    "submission": lambda data, prep, model, probs, mnt: ["submission", "--prepared", prep, "--probs", probs, "--out", mnt / "s"],
     "tta-ablation": lambda data, prep, model, probs, mnt: ["tta-ablation", model, "--out", mnt / "abl"],
 }  # fmt: skip
 
@@ -415,7 +422,7 @@ def test_a_killed_prepare_leaves_a_temporary_that_the_next_run_removes(
         ]
         for k in kept:
             k.mkdir()
-        rc, _, err = run_cli(["prepare", str(sample_root), "--out", str(out), *TINY])
+        rc, _, err = run_cli("prepare", str(sample_root), "--out", str(out), *TINY)
         assert rc == 0, err
         assert not any(p.exists() for p in killed)
         assert all(k.is_dir() for k in kept)

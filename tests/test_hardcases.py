@@ -9,17 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from docsort.cli.main import main
 from docsort.core.outputs import MARKER
 from docsort.data.prepared import Prepared
 from tests.conftest import TINY
 from tests.review_fakes import fake_candidate, one_hot
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.scenario import run_cli
 
 
 @pytest.fixture
@@ -31,14 +25,13 @@ def _train(data) -> pd.DataFrame:
     return pd.read_csv(data / "train.csv", dtype={"ID": str})
 
 
-def test_add_and_mark_record_verdicts(data, capsys):
+def test_add_and_mark_record_verdicts(data):
     hc = data / "hardcases.csv"
     before = pd.read_csv(hc, dtype={"ID": str})
     test_id = pd.read_csv(data / "sample_submission.csv", dtype={"ID": str})["ID"].iloc[0]
     meta = pd.read_csv(data / "meta.csv")
     name3 = meta.loc[meta["target"] == 3, "class_name"].item()
-    code, out, err = run(
-        capsys,
+    code, out, err = run_cli(
         "hardcases",
         "add",
         test_id,
@@ -62,9 +55,7 @@ def test_add_and_mark_record_verdicts(data, capsys):
         after.iloc[:-1].reset_index(drop=True), before.fillna(""), check_dtype=False
     )
 
-    code, _, err = run(
-        capsys, "hardcases", "mark", test_id, "--kind", "ambiguous", "--file", str(hc)
-    )
+    code, _, err = run_cli("hardcases", "mark", test_id, "--kind", "ambiguous", "--file", str(hc))
     assert code == 0, err
     row = pd.read_csv(hc, dtype={"ID": str}, keep_default_na=False).set_index("ID").loc[test_id]
     assert (row["target"], row["kind"], row["note"]) == (3, "ambiguous", "stamp hides the title")
@@ -96,7 +87,7 @@ def test_add_and_mark_record_verdicts(data, capsys):
         (["add", "{test}", "--target", "1", "--note", "two\nlines"], "note must be one line"),
     ],
 )
-def test_verdicts_are_validated(data, capsys, argv, message):
+def test_verdicts_are_validated(data, argv, message):
     hc = data / "hardcases.csv"
     original = hc.read_bytes()
     train = _train(data)
@@ -104,13 +95,13 @@ def test_verdicts_are_validated(data, capsys, argv, message):
     test_ids = set(pd.read_csv(data / "sample_submission.csv", dtype={"ID": str})["ID"]) - {hard}
     fill = {"test": sorted(test_ids - set(pd.read_csv(hc, dtype={"ID": str})["ID"]))[0], "train": train["ID"].iloc[0],
             "label": str(train["target"].iloc[0]), "hard": hard}  # fmt: skip
-    code, _, err = run(capsys, "hardcases", *[a.format(**fill) for a in argv], "--file", str(hc))
+    code, _, err = run_cli("hardcases", *[a.format(**fill) for a in argv], "--file", str(hc))
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert hc.read_bytes() == original
 
 
-def test_label_error_changes_training_labels_only_when_the_option_is_on(data, tmp_path, capsys):
+def test_label_error_changes_training_labels_only_when_the_option_is_on(data, tmp_path):
     from docsort.data.prepare import prepare
 
     train = _train(data)
@@ -118,8 +109,7 @@ def test_label_error_changes_training_labels_only_when_the_option_is_on(data, tm
     right = (label + 1) % 17
     hc = data / "hardcases.csv"
     assert (
-        run(
-            capsys,
+        run_cli(
             "hardcases",
             "add",
             victim,
@@ -132,9 +122,7 @@ def test_label_error_changes_training_labels_only_when_the_option_is_on(data, tm
         )[0]
         == 0
     )
-    assert (
-        run(capsys, "hardcases", "mark", victim, "--kind", "label_error", "--file", str(hc))[0] == 0
-    )
+    assert run_cli("hardcases", "mark", victim, "--kind", "label_error", "--file", str(hc))[0] == 0
 
     def labels(*options: str) -> dict[str, int]:
         out = prepare(str(data), tmp_path / "p", [*TINY, *options])
@@ -168,11 +156,10 @@ def _candidates(prepared_root, tmp_path):
     return ca, cb, test_ids, ids, y
 
 
-def test_mine_proposes_oof_errors_disagreements_and_low_confidence(prepared_root, tmp_path, capsys):
+def test_mine_proposes_oof_errors_disagreements_and_low_confidence(prepared_root, tmp_path):
     ca, cb, test_ids, ids, y = _candidates(prepared_root, tmp_path)
     out = tmp_path / "proposals.csv"
-    code, printed, err = run(
-        capsys,
+    code, printed, err = run_cli(
         "hardcases",
         "mine",
         str(tmp_path / "cands"),
@@ -202,7 +189,7 @@ def test_mine_proposes_oof_errors_disagreements_and_low_confidence(prepared_root
     assert "proposals written" in printed
 
 
-def test_compare_side_by_side_with_candidate_folders(prepared_root, tmp_path, capsys):
+def test_compare_side_by_side_with_candidate_folders(prepared_root, tmp_path):
     prep = Prepared(prepared_root)
     hard = pd.read_csv(prepared_root / "hardcases.csv", dtype={"ID": str})
     hard = hard[hard["ID"].isin(prep.test_ids)]
@@ -218,8 +205,7 @@ def test_compare_side_by_side_with_candidate_folders(prepared_root, tmp_path, ca
     )
     fake_candidate(tmp_path / "c1824", "c1824", prep.test_ids, good, members=3, oof_macro_f1=0.85)
     out = tmp_path / "cmp"
-    code, printed, err = run(
-        capsys,
+    code, printed, err = run_cli(
         "hardcases",
         "compare",
         str(tmp_path / "all"),
@@ -250,7 +236,7 @@ def test_compare_side_by_side_with_candidate_folders(prepared_root, tmp_path, ca
 
 
 def test_compare_without_hard_cases_falls_back_to_oof(prepared_root, tmp_path, capsys):
-    from docsort.review.compare import compare_hardcases
+    from docsort.review.compare import compare_candidates
 
     prep = Prepared(prepared_root)
     none = tmp_path / "hardcases.csv"
@@ -258,7 +244,7 @@ def test_compare_without_hard_cases_falls_back_to_oof(prepared_root, tmp_path, c
     p = np.full((len(prep.test_ids), 17), 1 / 17)
     fake_candidate(tmp_path / "c" / "x", "x", prep.test_ids, p, oof_macro_f1=0.7)
     fake_candidate(tmp_path / "c" / "y", "y", prep.test_ids, p, oof_macro_f1=0.8)
-    out = compare_hardcases(prepared_root, [tmp_path / "c"], tmp_path / "cmp", hardcases=none)
+    out = compare_candidates(prepared_root, [tmp_path / "c"], tmp_path / "cmp", hardcases=none)
     assert json.loads((out / "winner.json").read_text())["winner"] == "y"
     text = (out / "comparison.txt").read_text().splitlines()
     assert text[0] == f"hard cases: {none} (0 verdicts, 0 used)"

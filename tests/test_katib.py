@@ -254,7 +254,7 @@ def test_metric_regex_is_valid_for_katibs_go_collector():
 def test_every_shipped_space_builds_a_valid_experiment(space: str):
     sp = sweep.load_space(space)
     exp = build_experiment(
-        space, data_uri="s3://docsort-data/prepared", fixed_overrides=["train.batch_size=16"]
+        space, prepared="s3://docsort-data/prepared", fixed_overrides=["train.batch_size=16"]
     )
 
     # the Katib API models accept it without losing or changing anything
@@ -316,25 +316,26 @@ def test_every_shipped_space_builds_a_valid_experiment(space: str):
     ]
     assert {"mountPath": "/dev/shm", "name": "dshm"} in container["volumeMounts"]
 
-    # the trial command: docsort train DATA --out DIR fold=0 <space overrides> <fixed> <params>
+    # the trial command: docsort train --prepared DIR --out DIR fold=0 <space> <fixed> <params>
     assert container["command"][:2] == ["sh", "-c"]
     argv = shlex.split(container["command"][2])
-    assert argv[:6] == [
+    assert argv[:7] == [
         "docsort",
         "train",
+        "--prepared",
         "s3://docsort-data/prepared",
         "--out",
         "/tmp/trial",
         "fold=0",
     ]
-    assert argv[6:] == [*sp.overrides, "train.batch_size=16", *[
+    assert argv[7:] == [*sp.overrides, "train.batch_size=16", *[
         f"{tp['reference']}=${{trialParameters.{tp['name']}}}" for tp in tt["trialParameters"]
         if not tp["reference"].startswith("${")]]  # fmt: skip
 
 
 @pytest.mark.parametrize("space", SHIPPED)
 def test_a_substituted_trial_is_a_valid_kubernetes_job(space: str):
-    exp = build_experiment(space, data_uri="s3://docsort-data/prepared")
+    exp = build_experiment(space, prepared="s3://docsort-data/prepared")
     job = substitute(exp, assignment(space))
     job["metadata"] = {
         "name": "exp-abcd1234",
@@ -355,7 +356,7 @@ def test_multi_gpu_multi_node_trials_run_as_pytorchjobs():
         Path(sweep.__file__).parents[1].joinpath("conf").joinpath("hpo/default.yaml").read_text()
     )
     space["trial"].update(gpu=4, nodes=2)
-    exp = build_experiment(space, name="docsort-ddp", data_uri="s3://b/p")
+    exp = build_experiment(space, name="docsort-ddp", prepared="s3://b/p")
     assert V1beta1Experiment.from_dict(exp).to_dict() == exp
     assert webhook_errors(exp) == []
     tt = exp["spec"]["trialTemplate"]
@@ -371,10 +372,13 @@ def test_multi_gpu_multi_node_trials_run_as_pytorchjobs():
         (c,) = pod["spec"]["containers"]
         assert c["name"] == "pytorch" and c["resources"]["limits"]["nvidia.com/gpu"] == "4"
         assert c["command"][2].startswith("torchrun --nnodes=2 --nproc-per-node=4 ")
-        assert " --no-python docsort train s3://b/p --out /tmp/trial fold=0 " in c["command"][2]
+        assert (
+            " --no-python docsort train --prepared s3://b/p --out /tmp/trial fold=0 "
+            in c["command"][2]
+        )
     # a single GPU stays a plain Job
     assert (
-        build_experiment("default", data_uri="s3://b/p")["spec"]["trialTemplate"]["trialSpec"][
+        build_experiment("default", prepared="s3://b/p")["spec"]["trialTemplate"]["trialSpec"][
             "kind"
         ]
         == "Job"
@@ -383,22 +387,22 @@ def test_multi_gpu_multi_node_trials_run_as_pytorchjobs():
 
 def test_build_refuses_bad_names_and_secrets_as_plain_env():
     with pytest.raises(ConfigError, match="experiment name 'Bad_Name'"):
-        build_experiment("cpu_small", name="Bad_Name", data_uri="s3://b/p")
+        build_experiment("cpu_small", name="Bad_Name", prepared="s3://b/p")
     with pytest.raises(ConfigError, match="must come from a Kubernetes Secret"):
-        build_experiment("cpu_small", data_uri="s3://b/p", env={"AWS_SECRET_ACCESS_KEY": "x"})
-    with pytest.raises(ConfigError, match="needs data_uri"):
+        build_experiment("cpu_small", prepared="s3://b/p", env={"AWS_SECRET_ACCESS_KEY": "x"})
+    with pytest.raises(ConfigError, match="needs prepared"):
         build_experiment("cpu_small")
     # the name is stable for the same spec and changes with it (re-submits adopt)
-    a = build_experiment("cpu_small", data_uri="s3://b/p")["metadata"]["name"]
-    assert a == build_experiment("cpu_small", data_uri="s3://b/p")["metadata"]["name"]
-    assert a != build_experiment("cpu_small", data_uri="s3://b/q")["metadata"]["name"]
+    a = build_experiment("cpu_small", prepared="s3://b/p")["metadata"]["name"]
+    assert a == build_experiment("cpu_small", prepared="s3://b/p")["metadata"]["name"]
+    assert a != build_experiment("cpu_small", prepared="s3://b/q")["metadata"]["name"]
     assert re.match(r"^docsort-cpu-small-[0-9a-f]{8}$", a)
 
 
 def test_dry_run_prints_the_experiment_yaml_for_kubectl_apply():
     text = sweep.dry_run_yaml("s3://b/prepared", "default", fixed_overrides=["train.batch_size=16"])
     assert yaml.safe_load(text) == build_experiment(
-        "default", data_uri="s3://b/prepared", fixed_overrides=["train.batch_size=16"])  # fmt: skip
+        "default", prepared="s3://b/prepared", fixed_overrides=["train.batch_size=16"])  # fmt: skip
     assert text.startswith("apiVersion: kubeflow.org/v1beta1\nkind: Experiment\n")
     with pytest.raises(ConfigError, match="does not compose"):
         sweep.dry_run_yaml("s3://b/prepared", "default", fixed_overrides=["train.nope=1"])
@@ -431,7 +435,7 @@ def prepared(tmp_path_factory) -> Path:
 def test_the_trial_command_runs_docsort_train_and_katib_reads_its_metrics(
     prepared: Path, tmp_path: Path
 ):
-    exp = build_experiment("cpu_small", data_uri=str(prepared), fixed_overrides=TINY)
+    exp = build_experiment("cpu_small", prepared=str(prepared), fixed_overrides=TINY)
     exp["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0][
         "command"
     ][2] = exp["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0][
@@ -638,7 +642,7 @@ def quality(params: dict[str, str]) -> float | str:
 
 def test_launcher_waits_for_success_and_returns_the_optimal_trial(tmp_path: Path):
     api = FakeCustomObjectsApi(outcome=quality)
-    exp = build_experiment("cpu_small", data_uri="s3://b/p")
+    exp = build_experiment("cpu_small", prepared="s3://b/p")
     sleeps: list[float] = []
     result = run_experiment(api, exp, timeout_s=60, poll_s=7, sleep=sleeps.append)
 
@@ -678,7 +682,7 @@ def test_too_many_failed_trials_fail_the_sweep_naming_them_and_why():
         )
 
     api = FakeCustomObjectsApi(outcome=outcome)
-    exp = build_experiment("cpu_small", data_uri="s3://b/p")
+    exp = build_experiment("cpu_small", prepared="s3://b/p")
     name = exp["metadata"]["name"]
     trial = f"{name}-00000001"  # the first trial (max lr) fails; tell why from its pod
     pods = [
@@ -719,7 +723,7 @@ def test_polling_survives_api_server_hiccups_but_not_a_deleted_experiment():
         urllib3.exceptions.ProtocolError("reset"),
     ]
     api = FakeCustomObjectsApi(outcome=quality, errors=hiccups)
-    exp = build_experiment("cpu_small", data_uri="s3://b/p")
+    exp = build_experiment("cpu_small", prepared="s3://b/p")
     result = run_experiment(api, exp, timeout_s=60, poll_s=0, sleep=lambda s: None)
     assert not api.errors and result.best_trial
     api = FakeCustomObjectsApi(
@@ -733,7 +737,7 @@ def test_polling_survives_api_server_hiccups_but_not_a_deleted_experiment():
 
 def test_a_sweep_that_does_not_finish_in_time_is_left_for_the_katib_ui():
     api = FakeCustomObjectsApi(stall=True)
-    exp = build_experiment("cpu_small", data_uri="s3://b/p")
+    exp = build_experiment("cpu_small", prepared="s3://b/p")
     now = [0.0]
     with pytest.raises(
         SweepTimeout,
@@ -748,13 +752,13 @@ def test_a_sweep_that_does_not_finish_in_time_is_left_for_the_katib_ui():
 
 def test_resubmitting_the_same_sweep_adopts_it_and_a_different_one_is_refused():
     api = FakeCustomObjectsApi(outcome=quality)
-    exp = build_experiment("cpu_small", data_uri="s3://b/p")
+    exp = build_experiment("cpu_small", prepared="s3://b/p")
     first = run_experiment(api, exp, timeout_s=60, poll_s=0, sleep=lambda s: None)
     again = run_experiment(
         api, exp, timeout_s=60, poll_s=0, sleep=lambda s: None
     )  # e.g. a retried step
     assert again.params == first.params and len(again.trials) == len(first.trials)
-    other = build_experiment("cpu_small", name=exp["metadata"]["name"], data_uri="s3://b/other")
+    other = build_experiment("cpu_small", name=exp["metadata"]["name"], prepared="s3://b/other")
     with pytest.raises(DocsortError, match="already exists with a different spec"):
         run_experiment(api, other, timeout_s=60, poll_s=0, sleep=lambda s: None)
     katib.delete_experiment(api, exp["metadata"]["name"], "docsort")
@@ -794,7 +798,7 @@ def test_a_real_sweep_on_a_real_cluster(tmp_path: Path):
     exp = build_experiment(
         space,
         namespace=os.environ.get("DOCSORT_E2E_NAMESPACE", "docsort"),
-        data_uri=data,
+        prepared=data,
         image=os.environ.get("DOCSORT_E2E_IMAGE"),
         fixed_overrides=os.environ.get("DOCSORT_E2E_OVERRIDES", "train.epochs=2").split(),
     )

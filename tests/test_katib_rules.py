@@ -252,7 +252,7 @@ def with_algorithm(space: dict, algorithm: str, settings: dict[str, str]) -> dic
 
 
 def build(space: dict) -> dict:
-    return katib.build_experiment(space, namespace="team-a", data_uri="s3://b/prepared")
+    return katib.build_experiment(space, namespace="team-a", prepared="s3://b/prepared")
 
 
 def test_docsort_knows_the_service_of_every_algorithm_it_accepts():
@@ -342,7 +342,14 @@ def test_the_cli_refuses_a_space_katib_would_fail_in_one_line(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(space))
     rc, out, err = run_cli(
-        "sweep", "s3://b/prepared", "--space", str(path), "--dry-run", "--namespace", "team-a"
+        "sweep",
+        "--prepared",
+        "s3://b/prepared",
+        "--space",
+        str(path),
+        "--dry-run",
+        "--namespace",
+        "team-a",
     )
     assert rc == 2 and out == ""
     assert one_line(err) == (

@@ -34,6 +34,7 @@ from kfp.dsl import Dataset, Metrics
 
 from docsort.core import storage
 from docsort.core.errors import ConfigError
+from docsort.kfp.runner import check_pipeline_params
 from docsort.sweep import katib, sweep
 from docsort.sweep import results as sweep_results
 from docsort.sweep.results import (
@@ -46,7 +47,7 @@ from docsort.sweep.results import (
 )
 
 from . import test_kfp_client
-from .conftest import TINY
+from .conftest import TINY, TINY_TRAIN
 from .scenario import one_line, run_cli
 from .test_katib import FakeCustomObjectsApi, katib_collect_text, quality, substitute
 
@@ -73,16 +74,18 @@ def no_pod(tmp_path, monkeypatch):
 
 
 def test_the_experiment_goes_to_the_namespace_given_else_the_pods_own(pod_namespace):
-    exp = katib.build_experiment("cpu_small", data_uri="s3://b/p")
+    exp = katib.build_experiment("cpu_small", prepared="s3://b/p")
     assert exp["metadata"]["namespace"] == pod_namespace
-    exp = katib.build_experiment("cpu_small", namespace="team-a", data_uri="s3://b/p")
+    exp = katib.build_experiment("cpu_small", namespace="team-a", prepared="s3://b/p")
     assert exp["metadata"]["namespace"] == "team-a"
     with pytest.raises(ConfigError, match="namespace 'Team_A' must be lower-case"):
         katib.resolve_namespace("Team_A")
 
 
 def test_without_a_namespace_outside_a_pod_the_sweep_is_refused_in_one_line(no_pod, capsys):
-    rc, out, err = run_cli("sweep", "s3://b/prepared", "--space", "cpu_small", "--dry-run")
+    rc, out, err = run_cli(
+        "sweep", "--prepared", "s3://b/prepared", "--space", "cpu_small", "--dry-run"
+    )
     assert rc == 2 and out == ""
     assert "no Katib namespace given and none to discover" in one_line(err)
     assert "--namespace NS" in err
@@ -91,7 +94,7 @@ def test_without_a_namespace_outside_a_pod_the_sweep_is_refused_in_one_line(no_p
 def test_the_sweep_step_creates_the_experiment_in_the_pods_namespace(
     pod_namespace, tmp_path, monkeypatch
 ):
-    from docsort.components.stages import sweep_op
+    from docsort.components.sweep import sweep_op
 
     api = FakeCustomObjectsApi(outcome=quality)
     monkeypatch.setattr(katib, "connect", lambda kubeconfig=None: (api, None))
@@ -115,14 +118,14 @@ def test_the_sweep_step_creates_the_experiment_in_the_pods_namespace(
 
 
 def test_the_worst_case_is_rounds_of_the_trial_jobs_deadline_plus_margin():
-    exp = katib.build_experiment("default", namespace="ns", data_uri="s3://b/p")
+    exp = katib.build_experiment("default", namespace="ns", prepared="s3://b/p")
     assert exp["spec"]["trialTemplate"]["trialSpec"]["spec"]["activeDeadlineSeconds"] == 7200
     assert katib.worst_case_s(exp) == math.ceil(32 / 4) * 7200 + katib.EXPERIMENT_MARGIN_S
     # a PyTorchJob trial carries its deadline in runPolicy
     space = yaml.safe_load((ROOT / "src/docsort/conf/hpo/default.yaml").read_text())
     space["trial"].update(gpu=4, nodes=2)
     space.update(max_trial_count=9, parallel_trial_count=2)
-    ddp = katib.build_experiment(space, namespace="ns", data_uri="s3://b/p")
+    ddp = katib.build_experiment(space, namespace="ns", prepared="s3://b/p")
     assert ddp["spec"]["trialTemplate"]["trialSpec"]["kind"] == "PyTorchJob"
     assert katib.worst_case_s(ddp) == 5 * 7200 + katib.EXPERIMENT_MARGIN_S
     # without a trial deadline there is no worst case, and no wait is accepted
@@ -152,18 +155,18 @@ def test_the_shipped_defaults_fit(profile, space):
     deadline = k8s.task_settings("sweep", k8s.load_profile(profile))["timeout_s"]
     wait = sweep.sweep_wait_s(space, None, 0)
     assert wait <= deadline
-    sweep.check_pipeline_params({"space": space, "n_trials": 0, "sweep_timeout_s": 0}, deadline)
+    check_pipeline_params({"space": space, "n_trials": 0, "sweep_timeout_s": 0}, deadline)
 
 
 def test_compile_refuses_a_sweep_whose_wait_cannot_cover_it_and_writes_nothing(tmp_path):
     out = tmp_path / "sweep.yaml"
-    rc, _, err = run_cli("compile", ROOT / "src/docsort/pipelines/sweep.py", "-o", out,
+    rc, _, err = run_cli("compile", ROOT / "src/docsort/pipelines/sweep.py", "--out", out,
                          "--param", "sweep_timeout_s=21600")  # fmt: skip
     assert rc == 2 and not out.exists()
     line = one_line(err)
     assert "waits 21600s but the Experiment can run 59400s" in line
     # fewer trials fit in the same wait; the defaults fit as shipped
-    rc, _, err = run_cli("compile", ROOT / "src/docsort/pipelines/sweep.py", "-o", out,
+    rc, _, err = run_cli("compile", ROOT / "src/docsort/pipelines/sweep.py", "--out", out,
                          "--param", "n_trials=8", "--param", "sweep_timeout_s=21600")  # fmt: skip
     assert rc == 0, err
     assert out.exists()
@@ -173,7 +176,7 @@ def test_compile_refuses_a_pod_deadline_shorter_than_the_wait(tmp_path, monkeypa
     profile = tmp_path / "short.yaml"
     profile.write_text("extends: default\ncomponents:\n  sweep: {timeout_s: 3600}\n")
     monkeypatch.setenv("DOCSORT_K8S_PROFILE", str(profile))
-    rc, _, err = run_cli("compile", ROOT / "src/docsort/pipelines/sweep.py", "-o", tmp_path / "x.yaml",
+    rc, _, err = run_cli("compile", ROOT / "src/docsort/pipelines/sweep.py", "--out", tmp_path / "x.yaml",
                          "--param", "space=cpu_small")  # fmt: skip
     assert rc == 2
     assert one_line(err) == (
@@ -186,13 +189,13 @@ def test_compile_refuses_a_pod_deadline_shorter_than_the_wait(tmp_path, monkeypa
 def test_submit_refuses_it_before_anything_is_sent(kfp_api):
     host, api = kfp_api
     rc, _, err = run_cli("submit", ROOT / "src/docsort/pipelines/sweep.py", "--host", host, "--param",
-                         "data_uri=s3://b/data", "--param", "sweep_timeout_s=3600")  # fmt: skip
+                         "data_root=s3://b/data", "--param", "sweep_timeout_s=3600")  # fmt: skip
     assert rc == 2 and "waits 3600s but the Experiment can run 59400s" in one_line(err)
     assert api.requests == []
 
 
 def test_the_sweep_step_refuses_a_short_wait_before_creating_the_experiment(tmp_path, monkeypatch):
-    from docsort.components.stages import sweep_op
+    from docsort.components.sweep import sweep_op
 
     api = FakeCustomObjectsApi(outcome=quality)
     monkeypatch.setattr(katib, "connect", lambda kubeconfig=None: (api, None))
@@ -211,20 +214,20 @@ def test_the_sweep_step_refuses_a_short_wait_before_creating_the_experiment(tmp_
 
 def test_each_trial_writes_to_its_own_prefix_under_the_sweep_output():
     exp = katib.build_experiment(
-        "cpu_small", namespace="ns", data_uri="s3://b/p", trials_uri="s3://b/sweeps/s1/trials/"
+        "cpu_small", namespace="ns", prepared="s3://b/p", trials_uri="s3://b/sweeps/s1/trials/"
     )
     container = exp["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][
         0
     ]
     argv = shlex.split(container["command"][2])
-    assert argv[3:5] == ["--out", "s3://b/sweeps/s1/trials/${trialParameters.trialName}"]
+    assert argv[4:6] == ["--out", "s3://b/sweeps/s1/trials/${trialParameters.trialName}"]
     job = substitute(exp, {"train.lr": "0.001", "train.weight_decay": "0.01",
                            "train.label_smoothing": "0.1"}, trial="exp-abc12345")  # fmt: skip
     command = job["spec"]["template"]["spec"]["containers"][0]["command"][2]
     assert " --out s3://b/sweeps/s1/trials/exp-abc12345 " in command
     with pytest.raises(ConfigError, match="trials_uri must be an s3:// prefix"):
         katib.build_experiment(
-            "cpu_small", namespace="ns", data_uri="s3://b/p", trials_uri="/tmp/t"
+            "cpu_small", namespace="ns", prepared="s3://b/p", trials_uri="/tmp/t"
         )
 
 
@@ -373,8 +376,8 @@ def test_a_trial_pods_log_is_read_as_katib_reads_it_and_its_member_kept_on_s3(
     s3_server, prepared_root, tmp_path
 ):
     trials_uri = f"s3://{s3_server.bucket}/runs/r1/sweep-op/trials"
-    fixed = [*TINY, "train.epochs=1", "train.batch_size=16", "tracking.wandb=disabled"]
-    exp = katib.build_experiment("cpu_small", namespace="ns", data_uri=str(prepared_root),
+    fixed = TINY_TRAIN
+    exp = katib.build_experiment("cpu_small", namespace="ns", prepared=str(prepared_root),
                                  fixed_overrides=fixed, trials_uri=trials_uri)  # fmt: skip
     # a suggestion that makes the loss diverge: val_loss is printed as nan
     job = substitute(exp, {"train.lr": "1000000000.0", "train.weight_decay": "0.01",
@@ -415,7 +418,7 @@ def test_the_k_fold_step_reuses_the_best_trials_member_for_its_fold(
 ):
     from kfp.dsl import Model
 
-    from docsort.components.stages import train_op
+    from docsort.components.train import train_op
 
     args = [*TINY, "fold=0", "train.epochs=2", "train.batch_size=16", "tracking.wandb=disabled"]
     uri = f"s3://{s3_server.bucket}/runs/r1/sweep-op/trials/exp-00000003"

@@ -272,7 +272,7 @@ def test_compile_refuses_a_pipeline_the_backend_would_refuse(tmp_path: Path):
     with pytest.raises(DocsortError, match="input 'fold' expects NUMBER_INTEGER, gets a string"):
         compile_pipeline(src, out)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.py"]
-    rc, stdout, stderr = run_cli("compile", str(src), "-o", str(out))
+    rc, stdout, stderr = run_cli("compile", str(src), "--out", str(out))
     assert rc == 2 and not out.exists()
     line = one_line(stderr)
     assert line.startswith("bad.py: the KFP backend would refuse 1 input(s)")

@@ -35,7 +35,8 @@ def torch_pred(member_dir, prepared_root, tmp_path_factory) -> Path:
 def test_export_cli_writes_a_checked_model_with_a_dynamic_batch_axis(member_dir, tmp_path, capsys):
     out = tmp_path / "model.onnx"
     assert (
-        main(["export", str(member_dir), "--format", "onnx", "--opset", "17", "-o", str(out)]) == 0
+        main(["export", str(member_dir), "--format", "onnx", "--opset", "17", "--out", str(out)])
+        == 0
     )
     assert "matches torch within 1e-4" in capsys.readouterr().out
     proto = onnx.load(str(out))
@@ -94,7 +95,7 @@ def test_predict_uses_the_exported_model_only_when_it_matches_the_weights(
 
 def test_fp16_export_is_for_gpu_providers_only(member_dir, tmp_path, prepared_root):
     out = tmp_path / "fp16.onnx"
-    assert main(["export", str(member_dir), "--fp16", "-o", str(out)]) == 0
+    assert main(["export", str(member_dir), "--fp16", "--out", str(out)]) == 0
     proto = onnx.load(str(out))
     kinds = {init.data_type for init in proto.graph.initializer}
     assert onnx.TensorProto.FLOAT16 in kinds
@@ -129,9 +130,9 @@ def test_providers_prefer_tensorrt_then_cuda_then_cpu(tmp_path):
 
 
 def test_export_refuses_bad_input_in_one_line(tmp_path, member_dir, capsys):
-    assert main(["export", str(tmp_path), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "x.onnx")]) == 2
     assert "not a model folder" in capsys.readouterr().err
-    assert main(["export", str(member_dir), "--opset", "9", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert main(["export", str(member_dir), "--opset", "9", "--out", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--opset 9 is not supported" in err[0]
     assert not (tmp_path / "x.onnx").exists()

@@ -74,3 +74,11 @@ def test_a_member_without_fold_column_is_refused(prepared_root, tmp_path):
     df.to_csv(m / "oof.csv", index=False)
     with pytest.raises(DocsortError, match="no 'fold' column"):
         oof_report(prepared_root, [m], tmp_path / "r")
+
+
+def test_a_member_listing_an_image_twice_is_refused(prepared_root, tmp_path):
+    m = fake_member(prepared_root, tmp_path / "m", 0, seed=1)
+    df = pd.read_csv(m / "oof.csv", dtype={"ID": str})
+    pd.concat([df, df.iloc[:1]]).to_csv(m / "oof.csv", index=False)
+    with pytest.raises(DocsortError, match="duplicate ID"):
+        oof_report(prepared_root, [m], tmp_path / "r")

@@ -64,4 +64,4 @@ def test_demo_pipeline_runs_locally_end_to_end(tmp_path):
     per_cand = pd.read_csv(next(run_dir.glob("*/comparison/per_candidate.csv")))
     cand_dirs = {p.parent.name for p in run_dir.glob("*/candidates/*/candidate.json")}
     assert set(per_cand["candidate"]) == cand_dirs  # the table lists every candidate
-    assert {"soft-vote", "hard-vote"} <= cand_dirs and len(cand_dirs) == 4
+    assert {"soft", "hard"} <= cand_dirs and len(cand_dirs) == 4

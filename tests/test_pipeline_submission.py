@@ -44,7 +44,7 @@ def test_submission_pipeline_runs_locally(trained_member, prepared_root, sample_
     assert set(winner["candidates"]) == {"c1814", "c1824"}
     lineage = json.loads(next(Path(output.path).glob("submissions/*.lineage.json")).read_text())
     assert lineage["candidate"] == winner["winner"] and lineage["spec"]["members"][0][
-        "checkpoint"
+        "model"
     ] == str(trained_member.resolve())
     prepared = json.loads(next(run_dir.glob("*/prepared/prepared.json")).read_text())
     assert (prepared["image_size"], prepared["num_folds"]) == (
@@ -70,7 +70,7 @@ def test_submission_pipeline_compiles_with_review_components(tmp_path):
 
     spec = next(yaml.safe_load_all(compile_pipeline(PIPELINE, tmp_path / "s.yaml").read_text()))
     tasks = spec["root"]["dag"]["tasks"]
-    assert {"prepare-candidates-op", "compare-candidates-op", "report-op", "submit-op"} <= set(
+    assert {"prepare-candidates-op", "compare-candidates-op", "report-op", "submission-op"} <= set(
         tasks
     )
     report_outputs = spec["components"]["comp-report-op"]["outputDefinitions"]["artifacts"]
@@ -78,7 +78,7 @@ def test_submission_pipeline_compiles_with_review_components(tmp_path):
         "html": "system.HTML", "summary": "system.Markdown", "metrics": "system.Metrics",
         "confusion": "system.ClassificationMetrics",
     }  # fmt: skip
-    assert tasks["submit-op"]["dependentTasks"] == sorted(
+    assert tasks["submission-op"]["dependentTasks"] == sorted(
         ["compare-candidates-op", "prepare-candidates-op", "report-op"]
     )
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {

@@ -36,7 +36,7 @@ TRAIN = "model=resnet10t train.epochs=1 train.batch_size=32 tracking.wandb=disab
 
 @pytest.mark.slow  # kfp.local end to end, twice
 def test_train_pipeline_runs_locally_and_a_rerun_reuses_finished_steps(sample_root, tmp_path):
-    params = {"data_uri": str(sample_root), "data_overrides": DATA, "train_overrides": TRAIN}
+    params = {"data_root": str(sample_root), "data_overrides": DATA, "train_overrides": TRAIN}
     out = tmp_path / "runs"
     report = Path(
         run_local(ROOT / "src" / "docsort" / "pipelines" / "train.py", out, params, cache=True).path
@@ -66,13 +66,13 @@ MINI = textwrap.dedent(
     from kfp import dsl
 
     from docsort.components.k8s import apply
-    from docsort.components.stages import data_version_op, prepare_op
+    from docsort.components.data import data_version_op, prepare_op
 
 
     @dsl.pipeline(name="docsort-prepare-only")
-    def prepare_only(data_uri: str, overrides: str = "data.image_size=32 data.num_folds=2") -> dsl.Dataset:
-        version = apply(data_version_op(data_uri=data_uri))
-        return apply(prepare_op(data_uri=data_uri, data_version=version.output, overrides=overrides)).outputs["prepared"]
+    def prepare_only(data_root: str, overrides: str = "data.image_size=32 data.num_folds=2") -> dsl.Dataset:
+        version = apply(data_version_op(data_root=data_root))
+        return apply(prepare_op(data_root=data_root, data_version=version.output, overrides=overrides)).outputs["prepared"]
     """
 )
 
@@ -84,23 +84,23 @@ def test_prepare_cache_key_moves_with_the_data_and_the_overrides(sample_root, tm
     shutil.copytree(sample_root, data)
     run = functools.partial(run_local, pipeline, tmp_path / "runs", cache=True)
 
-    first = Path(run({"data_uri": str(data)}).path)
-    assert Path(run({"data_uri": str(data)}).path) == first  # same data, same overrides: cached
+    first = Path(run({"data_root": str(data)}).path)
+    assert Path(run({"data_root": str(data)}).path) == first  # same data, same overrides: cached
 
     labels = pd.read_csv(data / "train.csv", dtype={"ID": str})
     labels.iloc[1:].to_csv(data / "train.csv", index=False)  # the data changed behind the same URI
-    changed = Path(run({"data_uri": str(data)}).path)
+    changed = Path(run({"data_root": str(data)}).path)
     assert changed != first
     assert len(Prepared(changed).index) == len(labels) - 1
 
     other = Path(
-        run({"data_uri": str(data), "overrides": "data.image_size=40 data.num_folds=2"}).path
+        run({"data_root": str(data), "overrides": "data.image_size=40 data.num_folds=2"}).path
     )
     assert other not in (first, changed) and Prepared(other).info["image_size"] == 40
 
 
 def test_sweep_step_gives_katib_the_artifacts_s3_uri_and_the_gpu_pool(tmp_path, monkeypatch):
-    from docsort.components.stages import sweep_op
+    from docsort.components.sweep import sweep_op
 
     api = FakeCustomObjectsApi(outcome=quality)
     monkeypatch.setattr(katib, "connect", lambda kubeconfig=None: (api, None))
@@ -129,7 +129,7 @@ def test_sweep_step_gives_katib_the_artifacts_s3_uri_and_the_gpu_pool(tmp_path, 
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true", "pool": "a100"}
     command = spec["containers"][0]["command"][-1]
     assert command.startswith(
-        "docsort train s3://docsort-artifacts/pipelines/run-1/prepare-op/prepared --out"
+        "docsort train --prepared s3://docsort-artifacts/pipelines/run-1/prepare-op/prepared --out"
     )
     assert "data.image_size=64 train.epochs=2" in command
     best = json.loads((tmp_path / "result" / "best.json").read_text())
@@ -148,7 +148,7 @@ def test_sweep_step_gives_katib_the_artifacts_s3_uri_and_the_gpu_pool(tmp_path, 
 @pytest.mark.slow
 def test_sweep_pipeline_runs_locally_with_the_optuna_twin(sample_root, tmp_path):
     params = {
-        "data_uri": str(sample_root), "space": "cpu_small", "backend": "auto", "n_trials": 2,
+        "data_root": str(sample_root), "space": "cpu_small", "backend": "auto", "n_trials": 2,
         "data_overrides": DATA, "sweep_overrides": TRAIN, "train_overrides": "train.epochs=2",
     }  # fmt: skip
     report = Path(
@@ -167,3 +167,9 @@ def test_sweep_pipeline_runs_locally_with_the_optuna_twin(sample_root, tmp_path)
     for key, value in best["params"].items():  # the members were trained with the winner
         assert f"{key.split('.')[-1]}: {value}" in model_yaml or str(value) in model_yaml
     assert json.loads((report / "report.json").read_text())["missing"] == 0
+
+
+def test_the_sweep_step_reads_the_trial_pod_env_the_task_gets():
+    from docsort.sweep import sweep as sweep_stage
+
+    assert sweep_stage.TRIAL_POD_ENV == k8s.TRIAL_POD_ENV

@@ -11,16 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from docsort.cli.main import main
 from docsort.core.probs import read_probs
 from docsort.data.prepared import Prepared
 from tests.conftest import TINY
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.scenario import run_cli
 
 
 def copy_data(src: Path, dst: Path) -> Path:
@@ -95,11 +89,11 @@ def _break(data: Path, how: str) -> str:
 
 
 @pytest.mark.parametrize("how", ["missing image", "corrupt image", "unknown label", "duplicate ID"])
-def test_prepare_refuses_bad_input_in_one_line(how, sample_root, tmp_path, capsys):
+def test_prepare_refuses_bad_input_in_one_line(how, sample_root, tmp_path):
     data = copy_data(sample_root, tmp_path / "data")
     pattern = _break(data, how)
     out = tmp_path / "prepared"
-    code, _, err = run_cli(capsys, "prepare", str(data), "--out", str(out), *TINY)
+    code, _, err = run_cli("prepare", str(data), "--out", str(out), *TINY)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("docsort: error: "), err
@@ -122,9 +116,11 @@ def test_prepare_refuses_bad_input_in_one_line(how, sample_root, tmp_path, capsy
         ),
     ],
 )
-def test_invalid_config_fails_before_any_work(override, message, prepared_root, tmp_path, capsys):
+def test_invalid_config_fails_before_any_work(override, message, prepared_root, tmp_path):
     out = tmp_path / "m"
-    code, _, err = run_cli(capsys, "train", str(prepared_root), "--out", str(out), *TINY, override)
+    code, _, err = run_cli(
+        "train", "--prepared", str(prepared_root), "--out", str(out), *TINY, override
+    )
     assert code == 2 and message in err
     assert not out.exists()
 
@@ -155,8 +151,9 @@ def test_train_prints_katib_metric_lines_and_writes_member(trained_member, prepa
 
 
 def test_safetensors_member_reloads_to_identical_predictions(trained_member, prepared_root):
+    from docsort.data.datasets import ImageArrayDataset
     from docsort.models.factory import load_member
-    from docsort.train.train import ImageArrayDataset, predict_views
+    from docsort.train.train import predict_views
 
     prep = Prepared(prepared_root)
     ds = ImageArrayDataset(prep.images("test"), np.arange(6), None)
@@ -171,10 +168,10 @@ def test_safetensors_member_reloads_to_identical_predictions(trained_member, pre
 # --- predict / ensemble / hardcases / submission ---------------------------------------------
 
 
-def test_predict_ensemble_hardcases_submission(trained_member, prepared_root, tmp_path, capsys):
+def test_predict_ensemble_hardcases_submission(trained_member, prepared_root, tmp_path):
     code, out, err = run_cli(
-        capsys,
         "predict",
+        "--prepared",
         str(prepared_root),
         "--model",
         str(trained_member),
@@ -190,7 +187,6 @@ def test_predict_ensemble_hardcases_submission(trained_member, prepared_root, tm
 
     shutil.copytree(tmp_path / "pred", tmp_path / "pred2")
     code, _, err = run_cli(
-        capsys,
         "ensemble",
         str(tmp_path / "pred"),
         str(tmp_path / "pred2"),
@@ -203,7 +199,6 @@ def test_predict_ensemble_hardcases_submission(trained_member, prepared_root, tm
         soft, probs, atol=1e-6
     )  # soft vote of two equal members is that member
     code, _, err = run_cli(
-        capsys,
         "ensemble",
         str(tmp_path / "pred"),
         "--method",
@@ -214,7 +209,6 @@ def test_predict_ensemble_hardcases_submission(trained_member, prepared_root, tm
     assert code == 0, err
 
     code, out, err = run_cli(
-        capsys,
         "hardcases",
         "compare",
         str(tmp_path / "soft"),
@@ -230,8 +224,8 @@ def test_predict_ensemble_hardcases_submission(trained_member, prepared_root, tm
     assert len(per_cand) == 2
 
     code, out, err = run_cli(
-        capsys,
         "submission",
+        "--prepared",
         str(prepared_root),
         "--probs",
         str(tmp_path / "soft" / "probs.csv"),
@@ -249,14 +243,14 @@ def test_predict_ensemble_hardcases_submission(trained_member, prepared_root, tm
     assert (sub_path.parent / "latest.json").is_file()
 
 
-def test_submission_refuses_probabilities_missing_an_id(prepared_root, tmp_path, capsys):
+def test_submission_refuses_probabilities_missing_an_id(prepared_root, tmp_path):
     from docsort.core.probs import write_probs
 
     ids = Prepared(prepared_root).test_ids[1:]
     write_probs(tmp_path / "p.csv", ids, np.full((len(ids), 17), 1 / 17))
     code, _, err = run_cli(
-        capsys,
         "submission",
+        "--prepared",
         str(prepared_root),
         "--probs",
         str(tmp_path / "p.csv"),

@@ -14,10 +14,10 @@ from PIL import Image
 from docsort.cli.main import main
 from docsort.data.prepared import Prepared
 from docsort.ensemble.tta_ablation import ablate_tta
-from docsort.review.compare import compare_hardcases
+from docsort.review.compare import compare_candidates
 from docsort.review.report import error_report, log_report_metrics
 from tests.review_fakes import fake_candidate, fake_member, one_hot
-from tests.test_report import Dom
+from tests.test_report_html import Dom
 
 
 def _oof_candidate(prepared_root, tmp_path, name="c1814"):
@@ -35,7 +35,7 @@ def _oof_candidate(prepared_root, tmp_path, name="c1814"):
 
 def test_report_on_oof_with_comparison_and_ablation(prepared_root, tmp_path, capsys):
     cand, n_wrong = _oof_candidate(prepared_root, tmp_path)
-    cmp = compare_hardcases(prepared_root, [cand], tmp_path / "cmp")
+    cmp = compare_candidates(prepared_root, [cand], tmp_path / "cmp")
     ids = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
     p = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.45, 0.55]])
     member = fake_member(tmp_path / "m", ids, [0, 0, 1, 1], {"identity": p, "rot90": p[:, ::-1]})
@@ -51,7 +51,7 @@ def test_report_on_oof_with_comparison_and_ablation(prepared_root, tmp_path, cap
                 str(cmp),
                 "--ablation",
                 str(tmp_path / "abl"),
-                "-o",
+                "--out",
                 str(html),
             ]
         ),
@@ -92,6 +92,21 @@ def test_report_on_test_labels_or_hard_cases(prepared_root, tmp_path, on):
     assert len(dom.find("figure", class_="miss")) == labels - int(np.trace(r.confusion))
 
 
+def test_report_on_hard_cases_with_a_comparison_reads_the_hard_case_file_once(
+    prepared_root, tmp_path, monkeypatch
+):
+    from docsort.review import report as report_module
+
+    cand, _ = _oof_candidate(prepared_root, tmp_path)
+    cmp = compare_candidates(prepared_root, [cand], tmp_path / "cmp")
+    reads = []
+    real = report_module.current_hardcases
+    monkeypatch.setattr(report_module, "current_hardcases", lambda *a: reads.append(a) or real(*a))
+    r = error_report(prepared_root, None, tmp_path / "r.html", comparison=cmp, on="hardcases")
+    assert r.on == "hardcases" and len(reads) == 1
+    assert len(r.hardcases) == 2 and "hard cases in the comparison" in r.hardcases[1]
+
+
 def test_report_falls_back_to_the_cache_and_refuses_unlabelled_sets(
     prepared_root, tmp_path, capsys
 ):
@@ -117,7 +132,7 @@ def test_report_falls_back_to_the_cache_and_refuses_unlabelled_sets(
             str(prep_copy),
             "--candidate",
             str(cand),
-            "-o",
+            "--out",
             str(tmp_path / "x.html"),
         ]
     )
@@ -149,7 +164,7 @@ def test_kfp_metrics_and_confusion_matrix(prepared_root, tmp_path):
 
 
 def test_report_in_headless_chromium(prepared_root, tmp_path):
-    from tests.test_report import _browse
+    from tests.test_report_html import _browse
 
     cand, n_wrong = _oof_candidate(prepared_root, tmp_path)
     html = error_report(prepared_root, cand, tmp_path / "report.html").html

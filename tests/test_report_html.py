@@ -15,7 +15,7 @@ from PIL import Image
 
 from docsort.core.errors import DocsortError
 from docsort.ensemble.tta_ablation import tta_ablation
-from docsort.review.compare import compare_candidates
+from docsort.review.compare import score_candidates
 from docsort.review.report_html import write_report, write_summary_md
 
 CLASSES = ["letter", "memo", "form", "invoice"]
@@ -82,7 +82,7 @@ def _data(n: int = 24, seed: int = 0, class_names=CLASSES, ids=None):
 
 
 def _extras(ids, y, p, class_names=CLASSES):
-    comp = compare_candidates(
+    comp = score_candidates(
         ids[:6],
         y[:6],
         {"c1814": p[:6], "c1824": np.roll(p[:6], 1, axis=1)},
@@ -154,7 +154,7 @@ def test_report_escapes_user_text(tmp_path):
     ids, y, p = _data(n=12, seed=3, class_names=classes)
     ids[0] = HOSTILE_ID
     p[0] = [0.0, 0.1, 0.2, 0.7]  # make sure the hostile ID is misclassified
-    comp = compare_candidates(
+    comp = score_candidates(
         ids[:3], y[:3], {"A": p[:3]}, class_names=classes, notes=[HOSTILE_CLASS, "", ""]
     )
     text = write_report(
@@ -268,7 +268,7 @@ def test_escaping_in_headless_chromium(tmp_path):
     ids, y, p = _data(n=12, seed=3, class_names=classes)
     ids[0] = HOSTILE_ID
     p[0] = [0.0, 0.1, 0.2, 0.7]
-    comp = compare_candidates(
+    comp = score_candidates(
         ids[:3], y[:3], {"A": p[:3]}, class_names=classes, notes=[HOSTILE_ID, "", ""]
     )
     html_file = write_report(

@@ -16,9 +16,9 @@ import pytest
 from docsort.core.errors import DocsortError
 from docsort.core.outputs import MARKER, check_outputs, read_marker
 from docsort.kfp.runner import failure_message
+from tests.conftest import TINY
 from tests.scenario import one_line, run_cli, snapshot
 
-TINY = ["data.image_size=48", "data.num_folds=2"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -30,7 +30,7 @@ def work(sample_root: Path, prepared_root: Path, trained_member: Path, tmp_path_
     shutil.copytree(prepared_root, w / "prep", symlinks=True)
     shutil.copytree(trained_member, w / "m0", symlinks=True)
     for argv in (
-        ["predict", w / "prep", "--model", w / "m0", "--out", w / "pred0", *TINY, "tta.views=[identity]"],
+        ["predict", "--prepared", w / "prep", "--model", w / "m0", "--out", w / "pred0", *TINY, "tta.views=[identity]"],
         ["ensemble", w / "pred0", "--model", w / "m0", "--out", w / "cands" / "soft"],
         ["hardcases", "compare", w / "cands", "--prepared", w / "prep", "--out", w / "cmp"],
     ):  # fmt: skip
@@ -60,26 +60,26 @@ OVERLAPS = {
     "prepare --out the parent of DATA": (["prepare", "data", "--out", ".", *TINY], "output contains the input"),
     "prepare --out inside DATA": (["prepare", "data", "--out", "data/prep", *TINY], "output lies inside the input"),
     "prepare --out a link to DATA": (["prepare", "data", "--out", "data-link", *TINY], "output is the input"),
-    "train --out PREP": (["train", "prep", "--out", "prep", *TINY, "fold=0"], "output is the input", "prep"),
-    "predict --out MODEL": (["predict", "prep", "--model", "m0", "--out", "m0", *TINY], "output is the input", "m0"),
-    "predict --out inside PREP": (["predict", "prep", "--model", "m0", "--out", "prep/pred", *TINY], "lies inside the input"),
+    "train --out PREP": (["train", "--prepared", "prep", "--out", "prep", *TINY, "fold=0"], "output is the input", "prep"),
+    "predict --out MODEL": (["predict", "--prepared", "prep", "--model", "m0", "--out", "m0", *TINY], "output is the input", "m0"),
+    "predict --out inside PREP": (["predict", "--prepared", "prep", "--model", "m0", "--out", "prep/pred", *TINY], "lies inside the input"),
     "ensemble --out PRED": (["ensemble", "pred0", "--model", "m0", "--out", "pred0"], "output is the input", "pred0"),
     "tta-ablation --out MODEL": (["tta-ablation", "m0", "--out", "m0"], "output is the input", "m0"),
     "hardcases compare CANDS --out CANDS": (["hardcases", "compare", "cands", "--prepared", "prep", "--out", "cands"], "output is the input", "cands"),
     "hardcases compare --out inside a candidate": (["hardcases", "compare", "cands", "--prepared", "prep", "--out", "cands/soft/cmp"], "lies inside the input"),
     "hardcases mine --out PREP/index.csv": (["hardcases", "mine", "cands", "--prepared", "prep", "--out", "prep/index.csv"], "lies inside the input", "prep"),
-    "report -o over the candidate's probs.csv": (["report", "--prepared", "prep", "--candidate", "cands/soft", "-o", "cands/soft/probs.csv"], "lies inside the input"),
-    "report -o an existing folder": (["report", "--prepared", "prep", "--candidate", "cands/soft", "-o", "notes"], "output is an existing folder"),
+    "report -o over the candidate's probs.csv": (["report", "--prepared", "prep", "--candidate", "cands/soft", "--out", "cands/soft/probs.csv"], "lies inside the input"),
+    "report -o an existing folder": (["report", "--prepared", "prep", "--candidate", "cands/soft", "--out", "notes"], "output is an existing folder"),
     "candidate run SPEC --out its own folder": (["candidate", "run", "cands/soft/candidate.yaml", "--prepared", "prep", "--out", "cands/soft"], "output contains the input"),
-    "submission --out PREP": (["submission", "prep", "--probs", "cands/soft/probs.csv", "--out", "prep"], "output is the input", "prep"),
-    "candidate submit --out the candidate": (["candidate", "submit", "cands/soft", "--prepared", "prep", "--out", "cands/soft"], "output is the input"),
-    "export -o the model folder": (["export", "m0", "-o", "m0"], "output is the input"),
-    "augment-preview -o DATA/meta.csv": (["augment-preview", "data", "-o", "data/meta.csv", *TINY], "lies inside the input"),
-    "run --out DATA with data_uri=DATA": (["run", "pipelines/train.py", "--local", "--out", "data", "--param", "data_uri=data"], "output is the input"),
+    "submission --out PREP": (["submission", "--prepared", "prep", "--probs", "cands/soft/probs.csv", "--out", "prep"], "output is the input", "prep"),
+    "candidate submit --out the candidate": (["candidate", "submission", "cands/soft", "--prepared", "prep", "--out", "cands/soft"], "output is the input"),
+    "export -o the model folder": (["export", "m0", "--out", "m0"], "output is the input"),
+    "augment-preview -o DATA/meta.csv": (["augment-preview", "data", "--out", "data/meta.csv", *TINY], "lies inside the input"),
+    "run --out DATA with data_root=DATA": (["run", "pipelines/train.py", "--local", "--out", "data", "--param", "data_root=data"], "output is the input"),
     "run with output_root=DATA": (["run", "pipelines/submission.py", "--local", "--out", "runs", "--param", "data_root=data",
                                    "--param", 'candidates=["cands/soft/candidate.yaml"]', "--param", "output_root=data"], "output is the input"),
-    "sweep --out PREP": (["sweep", "prep", "--space", "cpu_small", "--trials", "1", "--out", "prep"], "output is the input", "prep"),
-    "compile -o the pipeline file": (["compile", "pipe.py", "-o", "pipe.py"], "output is the input"),
+    "sweep --out PREP": (["sweep", "--prepared", "prep", "--space", "cpu_small", "--trials", "1", "--out", "prep"], "output is the input", "prep"),
+    "compile -o the pipeline file": (["compile", "pipe.py", "--out", "pipe.py"], "output is the input"),
 }  # fmt: skip
 
 
@@ -100,8 +100,8 @@ def test_an_output_that_overlaps_an_input_is_refused_before_any_work(
 
 NOT_DOCSORTS = {
     "prepare": ["prepare", "data", "--out", "notes", *TINY],
-    "train": ["train", "prep", "--out", "notes", *TINY, "fold=0"],
-    "predict": ["predict", "prep", "--model", "m0", "--out", "notes", *TINY],
+    "train": ["train", "--prepared", "prep", "--out", "notes", *TINY, "fold=0"],
+    "predict": ["predict", "--prepared", "prep", "--model", "m0", "--out", "notes", *TINY],
     "ensemble": ["ensemble", "pred0", "--model", "m0", "--out", "notes"],
     "tta-ablation": ["tta-ablation", "m0", "--out", "notes"],
     "hardcases compare": ["hardcases", "compare", "cands", "--prepared", "prep", "--out", "notes"],
@@ -152,7 +152,7 @@ def test_the_readme_report_beside_its_comparison_is_accepted(work: Path, tmp_pat
     shutil.copytree(work / "cmp", cmp)
     before = snapshot(cmp)
     rc, out, err = run_cli(
-        "report", "--prepared", work / "prep", "--comparison", cmp, "-o", cmp / "report.html"
+        "report", "--prepared", work / "prep", "--comparison", cmp, "--out", cmp / "report.html"
     )
     assert rc == 0, err
     after = snapshot(cmp)
@@ -177,7 +177,9 @@ def test_a_train_folder_is_not_taken_for_a_prediction_folder(work: Path, tmp_pat
     out.mkdir()
     (out / MARKER).write_text(json.dumps({"kind": "train"}))
     (out / "run.json").write_text("{}")
-    rc, _, err = run_cli("predict", work / "prep", "--model", work / "m0", "--out", out, *TINY)
+    rc, _, err = run_cli(
+        "predict", "--prepared", work / "prep", "--model", work / "m0", "--out", out, *TINY
+    )
     assert rc == 2 and "holds a docsort train output, not a predict one" in one_line(err)
 
 

@@ -22,11 +22,10 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import TINY
+from tests.conftest import TINY, TINY_TRAIN
 from tests.scenario import one_line, run_cli, snapshot
 
-BASE = [*TINY, "model=resnet10t", "train.epochs=1", "train.batch_size=16", "train.lr=0.003",
-        "tracking.wandb=disabled"]  # fmt: skip
+BASE = [*TINY_TRAIN, "model=resnet10t", "train.lr=0.003"]
 FOLD0 = [*BASE, "fold=0"]
 PREDICT = [*TINY, "tta.views=[identity,flip]", "precision=fp32"]
 
@@ -35,7 +34,7 @@ PREDICT = [*TINY, "tta.views=[identity,flip]", "precision=fp32"]
 def member(prepared_root: Path, tmp_path_factory) -> Path:
     """``docsort train P --out m0 ... fold=0``, finished."""
     out = tmp_path_factory.mktemp("resume") / "m0"
-    rc, _, err = run_cli("train", prepared_root, "--out", out, *FOLD0)
+    rc, _, err = run_cli("train", "--prepared", prepared_root, "--out", out, *FOLD0)
     assert rc == 0, err
     return out
 
@@ -74,7 +73,7 @@ def test_rerun_asking_for_other_work_is_refused_and_the_run_is_untouched(
     label, change, expect, m0: Path, prepared_root: Path
 ):
     before = snapshot(m0)
-    rc, out, err = run_cli("train", prepared_root, "--out", m0, *FOLD0, *change)
+    rc, out, err = run_cli("train", "--prepared", prepared_root, "--out", m0, *FOLD0, *change)
     msg = _refused(rc, err)
     for part in [*expect, "use --overwrite to start again, or another --out"]:
         assert part in msg, msg
@@ -87,7 +86,7 @@ def test_rerun_with_the_same_work_does_nothing(m0: Path, prepared_root: Path):
     before = snapshot(m0)
     same = ["threads=1", "train.num_workers=0", "tracking.wandb=offline", "tta.batch_size=4",
             "device=cpu", "train.channels_last=false", "data.max_pixels=1000000"]  # fmt: skip
-    rc, _, err = run_cli("train", prepared_root, "--out", m0, *FOLD0, *same)
+    rc, _, err = run_cli("train", "--prepared", prepared_root, "--out", m0, *FOLD0, *same)
     assert rc == 0, err
     assert "already complete" in err
     assert snapshot(m0) == before
@@ -98,7 +97,7 @@ def test_a_removed_output_of_a_finished_run_is_written_again_without_training(
 ):
     weights = (m0 / "model.safetensors").read_bytes()
     (m0 / "model.safetensors").unlink()
-    rc, stdout, err = run_cli("train", prepared_root, "--out", m0, *FOLD0)
+    rc, stdout, err = run_cli("train", "--prepared", prepared_root, "--out", m0, *FOLD0)
     assert rc == 0, err
     assert "resuming from" in err and "epoch=" not in stdout  # no epoch was trained again
     assert (m0 / "model.safetensors").read_bytes() == weights
@@ -106,7 +105,9 @@ def test_a_removed_output_of_a_finished_run_is_written_again_without_training(
 
 def test_overwrite_starts_again_and_keeps_what_docsort_did_not_write(m0: Path, prepared_root: Path):
     (m0 / "notes.txt").write_text("mine")
-    rc, _, err = run_cli("train", prepared_root, "--out", m0, *BASE, "fold=1", "--overwrite")
+    rc, _, err = run_cli(
+        "train", "--prepared", prepared_root, "--out", m0, *BASE, "fold=1", "--overwrite"
+    )
     assert rc == 0, err
     assert json.loads((m0 / "metrics.json").read_text())["fold"] == 1
     assert json.loads((m0 / "run.json").read_text())["identity"]["fold"] == "1"
@@ -123,7 +124,7 @@ def test_a_folder_of_train_outputs_without_a_run_record_is_refused(m0: Path, pre
     """Outputs of an earlier docsort (or copied by hand) cannot be identified, so not resumed."""
     (m0 / "run.json").unlink()
     before = snapshot(m0)
-    rc, _, err = run_cli("train", prepared_root, "--out", m0, *FOLD0)
+    rc, _, err = run_cli("train", "--prepared", prepared_root, "--out", m0, *FOLD0)
     msg = _refused(rc, err)
     assert "without a run.json" in msg and "--overwrite" in msg
     assert snapshot(m0) == before
@@ -167,7 +168,7 @@ class _Payload:
 
 def test_interrupted_run_resumes_with_the_same_config(m0: Path, prepared_root: Path):
     _interrupted(m0)
-    rc, _, err = run_cli("train", prepared_root, "--out", m0, *FOLD0, "threads=1")
+    rc, _, err = run_cli("train", "--prepared", prepared_root, "--out", m0, *FOLD0, "threads=1")
     assert rc == 0, err
     assert "resuming from" in err
     assert json.loads((m0 / "run.json").read_text())["complete"] is True
@@ -200,7 +201,7 @@ def test_bad_last_checkpoint_is_refused_in_one_line(
         state["state_dict"][first] = torch.zeros(3)
         torch.save(state, ckpt)
     before = snapshot(m0)
-    rc, _, err = run_cli("train", prepared_root, "--out", m0, *FOLD0)
+    rc, _, err = run_cli("train", "--prepared", prepared_root, "--out", m0, *FOLD0)
     msg = _refused(rc, err)
     assert expect in msg and str(ckpt) in msg and "--overwrite" in msg
     assert "weights_only=False" not in err
@@ -214,7 +215,9 @@ def test_resuming_with_another_architecture_is_refused_before_loading(
     ckpt = _interrupted(m0)
     marker = tmp_path / "PAYLOAD-RAN"
     torch.save({"state_dict": {}, "x": _Payload(marker)}, ckpt)  # would show if it were loaded
-    rc, _, err = run_cli("train", prepared_root, "--out", m0, *FOLD0, "model=resnet18")
+    rc, _, err = run_cli(
+        "train", "--prepared", prepared_root, "--out", m0, *FOLD0, "model=resnet18"
+    )
     msg = _refused(rc, err)
     assert "model.name=resnet10t; this run asks model.name=resnet18" in msg
     assert not marker.exists()
@@ -226,10 +229,14 @@ def test_model_weights_that_do_not_fit_the_model_are_refused(
     (m0 / "model.yaml").write_text(
         (m0 / "model.yaml").read_text().replace("name: resnet10t", "name: resnet18")
     )
-    rc, _, err = run_cli("predict", prepared_root, "--model", m0, "--out", tmp_path / "p", *TINY)
+    rc, _, err = run_cli(
+        "predict", "--prepared", prepared_root, "--model", m0, "--out", tmp_path / "p", *TINY
+    )
     assert "model.safetensors does not fit arch resnet18" in _refused(rc, err)
     (m0 / "model.safetensors").write_bytes(b"\x00" * 64)
-    rc, _, err = run_cli("predict", prepared_root, "--model", m0, "--out", tmp_path / "p", *TINY)
+    rc, _, err = run_cli(
+        "predict", "--prepared", prepared_root, "--model", m0, "--out", tmp_path / "p", *TINY
+    )
     assert "not a valid safetensors file" in _refused(rc, err)
     assert not (tmp_path / "p").exists()
 
@@ -249,10 +256,12 @@ def test_predict_rerun_is_a_no_op_or_refused_and_overwrite_redoes_it(
     save_file(state, other / "model.safetensors")
 
     pred = tmp_path / "pred"
-    rc, _, err = run_cli("predict", prepared_root, "--model", member, "--out", pred, *PREDICT)
+    rc, _, err = run_cli(
+        "predict", "--prepared", prepared_root, "--model", member, "--out", pred, *PREDICT
+    )
     assert rc == 0, err
     before = snapshot(pred)
-    rc, _, err = run_cli("predict", prepared_root, "--model", member, "--out", pred, *PREDICT,
+    rc, _, err = run_cli("predict", "--prepared", prepared_root, "--model", member, "--out", pred, *PREDICT,
                          "threads=1", "tta.batch_size=5", "tta.shard_size=7")  # fmt: skip
     assert rc == 0 and "already complete" in err
     assert snapshot(pred) == before
@@ -261,12 +270,22 @@ def test_predict_rerun_is_a_no_op_or_refused_and_overwrite_redoes_it(
         (member, ["tta.views=[identity]"], "this run asks tta.views=[identity]"),
         (member, ["tta.merge=geomean"], "tta.merge=mean; this run asks tta.merge=geomean"),
     ):
-        argv = ["predict", prepared_root, "--model", model, "--out", pred, *PREDICT, *change]
+        argv = [
+            "predict",
+            "--prepared",
+            prepared_root,
+            "--model",
+            model,
+            "--out",
+            pred,
+            *PREDICT,
+            *change,
+        ]
         rc, _, err = run_cli(*argv)
         msg = _refused(rc, err)
         assert "was predicted with" in msg and expect in msg, msg
         assert snapshot(pred) == before
-    rc, _, err = run_cli("predict", prepared_root, "--model", other, "--out", pred, *PREDICT,
+    rc, _, err = run_cli("predict", "--prepared", prepared_root, "--model", other, "--out", pred, *PREDICT,
                          "--overwrite")  # fmt: skip
     assert rc == 0, err
     assert snapshot(pred)["probs.csv"] != before["probs.csv"]
@@ -276,7 +295,7 @@ def test_predict_rerun_is_a_no_op_or_refused_and_overwrite_redoes_it(
 
 OPTION_CASES = [
     ("ensemble --views: a folder without recommended.json",
-     lambda w, p, m: ["ensemble", "--model", m, "--prepared", p, "--views", w / "views", "--out", w / "c"],
+     lambda w, p, m: ["ensemble", "--model", m, "--prepared", p, "--views-from", w / "views", "--out", w / "c"],
      "--views: no recommended.json here"),
     ("run --param of the wrong type",
      lambda w, p, m: ["run", "pipelines/demo.py", "--local", "--param", "per_class=abc", "--out", w / "runs"],
@@ -300,6 +319,8 @@ def test_bad_option_is_refused_in_one_line(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_a_gpu_is_refused_before_any_work(prepared_root: Path, tmp_path: Path):
-    rc, _, err = run_cli("train", prepared_root, "--out", tmp_path / "m", *FOLD0, "device=cuda")
+    rc, _, err = run_cli(
+        "train", "--prepared", prepared_root, "--out", tmp_path / "m", *FOLD0, "device=cuda"
+    )
     assert "device='cuda' but this machine has no CUDA device" in _refused(rc, err)
     assert not (tmp_path / "m").exists()

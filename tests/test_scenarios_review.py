@@ -33,12 +33,11 @@ from docsort.core.errors import DocsortError
 from docsort.core.probs import write_probs
 from docsort.data.contract import decode_image
 from docsort.data.prepared import Prepared
-from docsort.review.submission import latest, submit
-from tests.conftest import TINY
+from docsort.review.submission import latest, write_submission
+from tests.conftest import TINY, TINY_TRAIN
 from tests.review_fakes import fake_candidate, one_hot
 from tests.scenario import one_line, run_cli, snapshot
 
-TRAIN = [*TINY, "train.epochs=1", "train.batch_size=16", "tracking.wandb=disabled"]
 NA_IDS = ["NA", "null", "None", "nan"]
 
 
@@ -79,8 +78,18 @@ def world(sample_root: Path, tmp_path_factory) -> SimpleNamespace:
     w = SimpleNamespace(root=root, data=data, prep=root / "prep", member=root / "m0",
                         pred=root / "pred0", cand=root / "cands" / "soft")  # fmt: skip
     _ok("prepare", data, "--out", w.prep, *TINY)
-    _ok("train", w.prep, "--out", w.member, *TRAIN, "fold=0")
-    _ok("predict", w.prep, "--model", w.member, "--out", w.pred, *TINY, "tta.views=[identity,flip]")
+    _ok("train", "--prepared", w.prep, "--out", w.member, *TINY_TRAIN, "fold=0")
+    _ok(
+        "predict",
+        "--prepared",
+        w.prep,
+        "--model",
+        w.member,
+        "--out",
+        w.pred,
+        *TINY,
+        "tta.views=[identity,flip]",
+    )
     _ok("ensemble", w.pred, "--method", "soft", "--name", "soft", "--out", w.cand)
     return w
 
@@ -98,7 +107,7 @@ def test_3_missing_value_ids_pass_every_stage_intact(world, tmp_path):
     assert _table(world.pred / "probs.csv")["ID"].tolist()[:4] == NA_IDS
     assert _table(world.cand / "probs.csv")["ID"].tolist()[:4] == NA_IDS
 
-    out = _ok("submission", world.prep, "--probs", world.cand / "probs.csv",
+    out = _ok("submission", "--prepared", world.prep, "--probs", world.cand / "probs.csv",
               "--out", tmp_path / "subs", "--candidate", "soft")  # fmt: skip
     csv = Path(out.split("submission written to ")[1].strip())
     assert _table(csv)["ID"].tolist() == test_ids  # same strings, same order
@@ -148,7 +157,7 @@ def test_4_six_submissions_in_the_same_second_are_six_versions(world, tmp_path, 
     def one() -> None:
         start.wait()
         try:
-            uris.append(submit(world.prep, world.cand / "probs.csv", out, now=now))
+            uris.append(write_submission(world.prep, world.cand / "probs.csv", out, now=now))
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -177,12 +186,14 @@ def test_4_a_colliding_version_name_never_overwrites(world, tmp_path, monkeypatc
     monkeypatch.setattr(sub.secrets, "token_hex", lambda n: next(tokens))
     now = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
     out = str(tmp_path / "results")
-    first = Path(submit(world.prep, world.cand / "probs.csv", out, now=now))
+    first = Path(write_submission(world.prep, world.cand / "probs.csv", out, now=now))
     before = snapshot(tmp_path / "results" / "submissions")
     # a different table, so overwriting the first version would show
     ids = Prepared(world.prep).test_ids
     write_probs(tmp_path / "other.csv", ids, one_hot([1] * len(ids), 17))
-    second = Path(submit(world.prep, tmp_path / "other.csv", out, now=now, candidate="soft"))
+    second = Path(
+        write_submission(world.prep, tmp_path / "other.csv", out, now=now, candidate="soft")
+    )
     assert first.name.endswith("-aaaaaa.csv") and second.name.endswith("-bbbbbb.csv")
     after = snapshot(tmp_path / "results" / "submissions")
     assert {k: after[k] for k in before if k != "latest.json"} == {
@@ -190,7 +201,9 @@ def test_4_a_colliding_version_name_never_overwrites(world, tmp_path, monkeypatc
     }
     assert latest(out) == str(second)
     with pytest.raises(DocsortError, match="exists already; versions are never overwritten"):
-        submit(world.prep, tmp_path / "other.csv", out, version=first.stem)  # a reused name
+        write_submission(
+            world.prep, tmp_path / "other.csv", out, version=first.stem
+        )  # a reused name
     assert snapshot(tmp_path / "results" / "submissions") == after
 
 
@@ -227,7 +240,7 @@ def test_5_submission_refuses_tables_that_are_not_distributions(
     frame[cols] = edit(frame[cols].to_numpy(dtype=float))
     frame.to_csv(tmp_path / "probs.csv", index=False)
     before = snapshot(tmp_path)
-    rc, _, err = run_cli("submission", world.prep, "--probs", tmp_path / "probs.csv",
+    rc, _, err = run_cli("submission", "--prepared", world.prep, "--probs", tmp_path / "probs.csv",
                          "--out", tmp_path / "subs", "--candidate", "x")  # fmt: skip
     msg = one_line(err)
     assert rc == 2 and msg.startswith(f"{tmp_path / 'probs.csv'} ") and expect in msg, (label, msg)
@@ -247,7 +260,15 @@ def test_5_every_reader_validates_and_rounding_is_tolerated(world, tmp_path):
     # 6 significant digits (how tables are written) leave rows off by ~1e-5: accepted.
     p[:, 0] += 4e-4
     write_probs(tmp_path / "close.csv", ids, p)
-    _ok("submission", world.prep, "--probs", tmp_path / "close.csv", "--out", tmp_path / "subs")
+    _ok(
+        "submission",
+        "--prepared",
+        world.prep,
+        "--probs",
+        tmp_path / "close.csv",
+        "--out",
+        tmp_path / "subs",
+    )
 
 
 # ---------------------------------------------------------------- 8: verdicts that count
@@ -283,7 +304,7 @@ def test_8_a_verdict_added_after_prepare_counts(hard_world):
     assert snapshot(w.prep) == copy_before  # the prepared copy was neither used nor touched
 
     out = _ok("report", "--prepared", w.prep, "--comparison", w.root / "cmp", "--on", "hardcases",
-              "-o", w.root / "report" / "r.html")  # fmt: skip
+              "--out", w.root / "report" / "r.html")  # fmt: skip
     assert f"report on {n} images (hardcases)" in out
     assert f"hard cases: {hc} ({n} verdicts, {n} used)" in out.splitlines()
 
@@ -291,7 +312,7 @@ def test_8_a_verdict_added_after_prepare_counts(hard_world):
     other = next(i for i in Prepared(w.prep).test_ids if i not in set(_table(hc)["ID"]))
     _ok("hardcases", "add", other, "--target", "1", "--file", hc)
     out = _ok("report", "--prepared", w.prep, "--comparison", w.root / "cmp",
-              "-o", w.root / "report2" / "r.html")  # fmt: skip
+              "--out", w.root / "report2" / "r.html")  # fmt: skip
     assert f"{hc} has changed since: run `docsort hardcases compare` again" in out
 
 
@@ -323,12 +344,12 @@ def _lineage(csv_uri: str | Path) -> dict:
 
 
 def test_9_the_readme_submission_command_writes_the_full_lineage(world, tmp_path):
-    out = _ok("submission", world.prep, "--probs", world.cand / "probs.csv",
+    out = _ok("submission", "--prepared", world.prep, "--probs", world.cand / "probs.csv",
               "--out", tmp_path / "results", "--candidate", "soft")  # fmt: skip
     csv = out.split("submission written to ")[1].strip()
     lin = _lineage(csv)
     weights = world.member / "model.safetensors"
-    assert lin["spec"]["name"] == "soft" and lin["spec"]["members"][0]["checkpoint"] == str(
+    assert lin["spec"]["name"] == "soft" and lin["spec"]["members"][0]["model"] == str(
         world.member.resolve()
     )
     assert lin["spec_file"] == str((world.cand / "candidate.yaml").resolve())
@@ -339,17 +360,19 @@ def test_9_the_readme_submission_command_writes_the_full_lineage(world, tmp_path
     info = json.loads((world.prep / "prepared.json").read_text())
     assert lin["data_fingerprint"] == info["fingerprint"] and lin["code_version"]
 
-    # `candidate submit` and the pipelines' route (submit_winner) write the same lineage
+    # `candidate submission` and the pipelines' route (write_winner_submission) write the same lineage
     keys = ("spec", "checkpoints", "tta_views", "data_fingerprint", "code_version")
-    other = _ok("candidate", "submit", world.cand, "--prepared", world.prep,
+    other = _ok("candidate", "submission", world.cand, "--prepared", world.prep,
                 "--out", tmp_path / "results2")  # fmt: skip
     lin2 = _lineage(other.split("submission written to ")[1].strip())
     assert {k: lin2[k] for k in keys} == {k: lin[k] for k in keys}
-    from docsort.review.compare import compare_hardcases
-    from docsort.review.submission import submit_winner
+    from docsort.review.compare import compare_candidates
+    from docsort.review.submission import write_winner_submission
 
-    cmp = compare_hardcases(world.prep, [world.cand], tmp_path / "cmp")
-    uri = submit_winner(world.prep, cmp, tmp_path / "run-artifact", str(tmp_path / "results3"))
+    cmp = compare_candidates(world.prep, [world.cand], tmp_path / "cmp")
+    uri = write_winner_submission(
+        world.prep, cmp, tmp_path / "run-artifact", str(tmp_path / "results3")
+    )
     lin3 = _lineage(uri)
     assert {k: lin3[k] for k in keys} == {k: lin[k] for k in keys}
     same = Path(uri).name  # the run's artifact and output_root get the same version name
@@ -358,7 +381,13 @@ def test_9_the_readme_submission_command_writes_the_full_lineage(world, tmp_path
 
 def test_9_probabilities_without_a_spec_say_so(world, tmp_path):
     out = _ok(
-        "submission", world.prep, "--probs", world.pred / "probs.csv", "--out", tmp_path / "a"
+        "submission",
+        "--prepared",
+        world.prep,
+        "--probs",
+        world.pred / "probs.csv",
+        "--out",
+        tmp_path / "a",
     )
     lin = _lineage(out.split("submission written to ")[1].strip())
     assert lin["spec"] is None and lin["model"] == str(world.member)
@@ -367,7 +396,7 @@ def test_9_probabilities_without_a_spec_say_so(world, tmp_path):
     alone = tmp_path / "elsewhere" / "probs.csv"
     alone.parent.mkdir()
     shutil.copyfile(world.cand / "probs.csv", alone)
-    rc, out, err = run_cli("submission", world.prep, "--probs", alone, "--out", tmp_path / "b",
+    rc, out, err = run_cli("submission", "--prepared", world.prep, "--probs", alone, "--out", tmp_path / "b",
                            "--candidate", "ext")  # fmt: skip
     assert rc == 0, err
     lin = _lineage(out.split("submission written to ")[1].strip())

@@ -28,7 +28,8 @@ import pytest
 import torch
 
 from docsort.core import storage
-from tests.test_bad_input import TINY, one_line, run_cli
+from tests.conftest import TINY, TINY_TRAIN
+from tests.scenario import one_line, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = [
@@ -211,15 +212,14 @@ def test_pickle_disguised_as_safetensors_is_refused(
     marker = tmp_path / "PWNED"
     _evil_pickle(model_folder / "model.safetensors", marker)
     rc, _, err = run_cli(
-        [
-            "predict",
-            str(prepared_root),
-            "--model",
-            str(model_folder),
-            "--out",
-            str(tmp_path / "pred"),
-            *TINY,
-        ]
+        "predict",
+        "--prepared",
+        str(prepared_root),
+        "--model",
+        str(model_folder),
+        "--out",
+        str(tmp_path / "pred"),
+        *TINY,
     )
     assert rc == 2 and "not a valid safetensors file" in one_line(err)
     assert not marker.exists() and not (tmp_path / "pred").exists()
@@ -231,15 +231,14 @@ def test_model_yaml_with_a_python_tag_is_refused(
     marker = tmp_path / "PWNED"
     (model_folder / "model.yaml").write_text(f"!!python/object/apply:os.mkdir ['{marker}']\n")
     rc, _, err = run_cli(
-        [
-            "predict",
-            str(prepared_root),
-            "--model",
-            str(model_folder),
-            "--out",
-            str(tmp_path / "pred"),
-            *TINY,
-        ]
+        "predict",
+        "--prepared",
+        str(prepared_root),
+        "--model",
+        str(model_folder),
+        "--out",
+        str(tmp_path / "pred"),
+        *TINY,
     )
     assert rc == 2 and "model.yaml" in one_line(err)
     assert not marker.exists()
@@ -254,9 +253,9 @@ def test_pickled_pretrained_weights_are_refused(
 ):
     marker = tmp_path / "PWNED"
     weights = _evil_pickle(tmp_path / f"weights{suffix}", marker)
-    argv = ["train", str(prepared_root), "--out", str(tmp_path / "m"), *TINY, "model=resnet10t", f"model.pretrained={weights}",
-            "train.epochs=1", "tracking.wandb=disabled"]  # fmt: skip
-    rc, _, err = run_cli(argv)
+    argv = ["train", "--prepared", str(prepared_root), "--out", str(tmp_path / "m"), *TINY_TRAIN, "model=resnet10t",
+            f"model.pretrained={weights}"]  # fmt: skip
+    rc, _, err = run_cli(*argv)
     assert rc == 2 and expect in one_line(err)
     assert not marker.exists()
 
@@ -269,11 +268,18 @@ def test_malicious_resume_checkpoint_does_not_run(prepared_root: Path, tmp_path:
     _evil_pickle(out / "checkpoints" / "last.ckpt", marker)
     with pytest.raises(Exception):  # noqa: B017, PT011 - whatever it is, it is not the payload running
         torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
-    argv = ["train", str(prepared_root), "--out", str(out), *TINY, "model=resnet10t", "train.epochs=1", "train.batch_size=16",
-            "tracking.wandb=disabled"]  # fmt: skip
+    argv = [
+        "train",
+        "--prepared",
+        str(prepared_root),
+        "--out",
+        str(out),
+        *TINY_TRAIN,
+        "model=resnet10t",
+    ]
     # Refusing it (however worded) or starting afresh are both fine; running its code is not.
     with contextlib.suppress(Exception):
-        run_cli(argv)
+        run_cli(*argv)
     assert not marker.exists()
 
 
@@ -359,15 +365,15 @@ def test_secrets_appear_in_no_output_log_or_message(
 
     steps = [
         ["prepare", data, "--out", "prep", *TINY],
-        ["train", "prep", "--out", "m0", *TINY, "fold=0", "model=resnet10t", "train.epochs=1", "train.batch_size=16", "tracking.wandb=offline"],
-        ["predict", "prep", "--model", "m0", "--out", "pred0", *TINY, "tta.views=[identity,rot90]"],
+        ["train", "--prepared", "prep", "--out", "m0", *TINY, "fold=0", "model=resnet10t", "train.epochs=1", "train.batch_size=16", "tracking.wandb=offline"],
+        ["predict", "--prepared", "prep", "--model", "m0", "--out", "pred0", *TINY, "tta.views=[identity,rot90]"],
         ["ensemble", "pred0", "--model", "m0", "--out", "cands/soft"],
         ["hardcases", "compare", "cands/soft", "--prepared", "prep", "--out", "review"],
-        ["report", "--prepared", "prep", "--candidate", "cands/soft", "-o", "report/report.html"],
-        ["submission", "prep", "--probs", "cands/soft/probs.csv", "--out", f"s3://{s3_server.bucket}/runs", "--candidate", "soft"],
+        ["report", "--prepared", "prep", "--candidate", "cands/soft", "--out", "report/report.html"],
+        ["submission", "--prepared", "prep", "--probs", "cands/soft/probs.csv", "--out", f"s3://{s3_server.bucket}/runs", "--candidate", "soft"],
     ]  # fmt: skip
     for argv in steps:
-        rc, out, err = run_cli(argv)
+        rc, out, err = run_cli(*argv)
         assert rc == 0, f"{argv[0]} failed:\n{err}"
         print(out)
         print(err, file=sys.stderr)
@@ -382,27 +388,26 @@ def test_secrets_appear_in_no_output_log_or_message(
             "--host",
             echoing_kfp,
             "--param",
-            f"data_uri={data}",
+            f"data_root={data}",
         ],
     ]
     for argv in failures:
-        rc, out, err = run_cli(argv)
+        rc, out, err = run_cli(*argv)
         assert rc == 2, f"{argv[0]} should fail cleanly:\n{err}"
         print(out)
         print(err, file=sys.stderr)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     s3_server.stop()
     rc, out, err = run_cli(
-        [
-            "submission",
-            "prep",
-            "--probs",
-            "cands/soft/probs.csv",
-            "--out",
-            f"s3://{s3_server.bucket}/runs",
-            "--candidate",
-            "x",
-        ]
+        "submission",
+        "--prepared",
+        "prep",
+        "--probs",
+        "cands/soft/probs.csv",
+        "--out",
+        f"s3://{s3_server.bucket}/runs",
+        "--candidate",
+        "x",
     )
     assert rc == 2 and "EndpointConnectionError" in one_line(err)
     print(err, file=sys.stderr)
@@ -465,8 +470,8 @@ def test_a_password_in_the_host_url_is_not_echoed():
     host with the password replaced."""
     password = "pw-Hq83nVx"
     rc, out, err = run_cli(
-        ["submit", str(REPO / "src" / "docsort" / "pipelines" / "train.py"), "--host", f"http://user:{password}@127.0.0.1:9/",
-         "--param", "data_uri=s3://bucket/data"]
+        "submit", REPO / "src" / "docsort" / "pipelines" / "train.py", "--host", f"http://user:{password}@127.0.0.1:9/",
+        "--param", "data_root=s3://bucket/data",
     )  # fmt: skip
     assert rc == 2
     msg = one_line(err)
@@ -530,7 +535,7 @@ def test_class_names_with_terminal_escapes_are_printed_escaped(hostile_data: Pat
     from tests.review_fakes import fake_candidate, one_hot
 
     rc, out, err = run_cli(
-        ["prepare", str(hostile_data), "--out", str(tmp_path / "p0"), "data.num_folds=40"]
+        "prepare", str(hostile_data), "--out", str(tmp_path / "p0"), "data.num_folds=40"
     )
     assert rc == 2
     msg = one_line(err)
@@ -538,14 +543,14 @@ def test_class_names_with_terminal_escapes_are_printed_escaped(hostile_data: Pat
     assert "class 0 (account\\x1b]0;pwned\\x07\\x1b[2J\\x1b[1A_number)" in msg, msg
 
     prep = tmp_path / "prep"
-    rc, out, err = run_cli(["prepare", str(hostile_data), "--out", str(prep), *TINY])
+    rc, out, err = run_cli("prepare", str(hostile_data), "--out", str(prep), *TINY)
     assert rc == 0, err
     ids = [line.split(",")[0] for line in (prep / "test.csv").read_text().splitlines()[1:]]
     k = len((prep / "meta.csv").read_text(encoding="utf-8").splitlines()) - 1
     target = 0  # every test image predicted as the hostile class
     cand = fake_candidate(tmp_path / "cands" / "c", "c", ids, one_hot([target] * len(ids), k))
     rc, out, err = run_cli(
-        ["hardcases", "compare", str(cand), "--prepared", str(prep), "--out", str(tmp_path / "cmp")]
+        "hardcases", "compare", str(cand), "--prepared", str(prep), "--out", str(tmp_path / "cmp")
     )
     assert rc == 0, err
     assert "account" in out and "pwned" in out  # the table shows the name, made harmless

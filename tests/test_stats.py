@@ -72,6 +72,30 @@ def test_confusion_and_most_confused_pairs():
     assert pairs["share_of_true"].tolist() == pytest.approx([2 / 3, 1 / 2, 1 / 4])
 
 
+def test_mcnemar_is_twice_the_smaller_binomial_tail():
+    """scipy's exact binomial test equals the closed form it replaced, min(1, 2 P(X <= min))."""
+    from scipy.stats import binom
+
+    for b in range(0, 40):
+        for c in range(0, 40):
+            if b + c:
+                want = min(1.0, 2.0 * binom.cdf(min(b, c), b + c, 0.5))
+                assert mcnemar_p(b, c) == pytest.approx(want, rel=1e-12, abs=1e-15), (b, c)
+
+
+def test_log_loss_agrees_with_sklearn_above_the_clip():
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    rng = np.random.default_rng(0)
+    for k in (2, 5, 17):
+        logits = rng.normal(size=(300, k))
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        y = rng.integers(0, k, 300)
+        assert log_loss(y, probs) == pytest.approx(
+            sk_log_loss(y, probs, labels=list(range(k))), rel=1e-12
+        )
+
+
 def test_per_class_table_and_log_loss():
     t = per_class_table([0, 0, 1], [0, 1, 1], ["x", "y"])
     assert t["precision"].tolist() == pytest.approx([1.0, 0.5])

@@ -27,22 +27,22 @@ ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "src" / "docsort" / "pipelines" / "submission.py"
 
 
-def write_spec(path: Path, checkpoint: str, views: list[str]) -> str:
+def write_spec(path: Path, model: str, views: list[str]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    spec = {"name": path.parent.name, "members": [{"name": "m0", "checkpoint": checkpoint}]}
+    spec = {"name": path.parent.name, "members": [{"name": "m0", "model": model}]}
     path.write_text(yaml.safe_dump({**spec, "tta_views": views}))
     return str(path)
 
 
-def fake_checkpoint(folder: Path) -> Path:
+def fake_model(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"weights")
     (folder / "model.yaml").write_text("arch: resnet18\n")
     return folder
 
 
-def test_spec_version_moves_with_the_spec_and_its_checkpoint_not_otherwise(tmp_path: Path):
-    member = fake_checkpoint(tmp_path / "m0")
+def test_spec_version_moves_with_the_spec_and_its_model_not_otherwise(tmp_path: Path):
+    member = fake_model(tmp_path / "m0")
     a = write_spec(tmp_path / "a" / "candidate.yaml", str(member), ["identity"])
     b = write_spec(tmp_path / "b" / "candidate.yaml", str(member), ["identity", "rot90"])
     first = spec_version([a, b])
@@ -54,13 +54,13 @@ def test_spec_version_moves_with_the_spec_and_its_checkpoint_not_otherwise(tmp_p
     assert edited != first
 
     weights = member / "model.safetensors"
-    weights.write_bytes(b"retrained")  # the checkpoint changed behind the same path
+    weights.write_bytes(b"retrained")  # the model was retrained behind the same path
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert spec_version([a, b]) not in (first, edited)
 
 
-def test_spec_version_reads_specs_and_checkpoints_on_s3(s3_server, tmp_path: Path):
-    member = fake_checkpoint(tmp_path / "m0")
+def test_spec_version_reads_specs_and_models_on_s3(s3_server, tmp_path: Path):
+    member = fake_model(tmp_path / "m0")
     prefix = f"s3://{s3_server.bucket}/nightly"
     storage.upload_dir(member, f"{prefix}/members/m0")
     local = write_spec(tmp_path / "a" / "candidate.yaml", f"{prefix}/members/m0", ["identity"])
@@ -73,9 +73,9 @@ def test_spec_version_reads_specs_and_checkpoints_on_s3(s3_server, tmp_path: Pat
     assert spec_version([uri]) != first
 
 
-def test_spec_version_refuses_a_missing_checkpoint(tmp_path: Path):
+def test_spec_version_refuses_a_missing_member_model(tmp_path: Path):
     spec = write_spec(tmp_path / "a" / "candidate.yaml", str(tmp_path / "gone"), ["identity"])
-    with pytest.raises(DocsortError, match="member checkpoint not found"):
+    with pytest.raises(DocsortError, match="member model not found"):
         spec_version([spec])
 
 
@@ -140,13 +140,13 @@ def test_candidate_upload_puts_spec_and_members_on_s3_and_never_overwrites(
 ):
     from tests.scenario import one_line, run_cli
 
-    member = fake_checkpoint(tmp_path / "m0")
+    member = fake_model(tmp_path / "m0")
     spec = write_spec(tmp_path / "soft" / "candidate.yaml", str(member), ["identity", "rot90"])
     dest = f"s3://{s3_server.bucket}/candidates/soft-1"
     rc, stdout, _ = run_cli("candidate", "upload", spec, dest)
     assert rc == 0 and stdout.strip().endswith(f"{dest}/candidate.yaml")
     uploaded = yaml.safe_load(storage.read_text(f"{dest}/candidate.yaml"))
-    assert uploaded["members"] == [{"name": "m0", "checkpoint": f"{dest}/members/m0"}]
+    assert uploaded["members"] == [{"name": "m0", "model": f"{dest}/members/m0"}]
     assert uploaded["tta_views"] == ["identity", "rot90"]
     assert sorted(storage.list_files(f"{dest}/members/m0")) == [
         f"{dest}/members/m0/model.safetensors",

@@ -21,7 +21,7 @@ def test_submit_goes_to_the_given_namespace_with_the_given_images(kfp_api, capsy
     host, api = kfp_api
     rc = main([
         "submit", str(ROOT / "src" / "docsort" / "pipelines" / "sweep.py"), "--host", host, "--namespace", "team-a",
-        "--image-registry", REGISTRY, "--image-tag", "0.2.0", "--param", "data_uri=s3://d/x",
+        "--image-registry", REGISTRY, "--image-tag", "0.2.0", "--param", "data_root=s3://d/x",
     ])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     (exp,) = _posts(api, "/apis/v2beta1/experiments")
@@ -41,7 +41,7 @@ def test_without_namespace_the_client_decides(kfp_api, capsys):  # noqa: F811
     host, api = kfp_api
     rc = main([
         "schedule", str(ROOT / "src" / "docsort" / "pipelines" / "train.py"), "--host", host, "--cron", "0 0 2 * * *",
-        "--param", "data_uri=s3://d/x",
+        "--param", "data_root=s3://d/x",
     ])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     (exp,) = _posts(api, "/apis/v2beta1/experiments")
@@ -56,7 +56,7 @@ def test_a_compiled_yaml_keeps_its_images_and_is_checked_too(kfp_api, tmp_path, 
             [
                 "compile",
                 str(ROOT / "src" / "docsort" / "pipelines" / "train.py"),
-                "-o",
+                "--out",
                 str(compiled),
             ]
         )
@@ -64,7 +64,7 @@ def test_a_compiled_yaml_keeps_its_images_and_is_checked_too(kfp_api, tmp_path, 
     )
     rc = main([
         "submit", str(compiled), "--host", host, "--image-registry", REGISTRY,
-        "--param", "data_uri=s3://d/x",
+        "--param", "data_root=s3://d/x",
     ])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "train.yaml is already compiled: --image-registry" in err
@@ -72,7 +72,7 @@ def test_a_compiled_yaml_keeps_its_images_and_is_checked_too(kfp_api, tmp_path, 
     loop = docs[0]["components"]["comp-for-loop-1"]["inputDefinitions"]["parameters"]
     loop["pipelinechannel--prepare-op-Output-loop-item"]["parameterType"] = "STRING"
     compiled.write_text(yaml.safe_dump_all(docs))
-    rc = main(["submit", str(compiled), "--host", host, "--param", "data_uri=s3://d/x"])
+    rc = main(["submit", str(compiled), "--host", host, "--param", "data_root=s3://d/x"])
     err = capsys.readouterr().err
     assert rc == 2 and "input 'fold' expects NUMBER_INTEGER, gets a string" in err
     assert not _posts(api, "/apis/v2beta1/runs")  # nothing was sent

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from docsort.core.config import load_config
 from docsort.core.probs import read_probs
@@ -134,23 +136,68 @@ def test_every_config_group_composes_and_builds(group, name):
         assert model.pretrained_cfg["architecture"] == cfg.model.name
 
 
-@pytest.mark.parametrize("kind", ["onecycle", "cosine", "constant"])
-def test_lr_schedule_is_defined_for_any_number_of_steps(kind):
-    from docsort.train.train import LRSchedule
+def _formula_factor(kind: str, total: int, warm: int, step: int) -> float:
+    """The hand-written per-step LR factor that torch's schedulers replaced (the reference)."""
+    total, warm = max(1, total), max(0, warm)
+    step = min(max(step, 0), total - 1)
+    if kind == "onecycle":
+        up = min(max(warm, round(0.05 * total)), total - 1)
+        if step < up:
+            return 0.04 + 0.96 * (1 - math.cos(math.pi * step / up)) / 2
+        p = (step - up) / max(1, total - 1 - up)
+        return 4e-6 + (1 - 4e-6) * (1 + math.cos(math.pi * p)) / 2
+    if step < warm:
+        return (step + 1) / warm
+    if kind == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    return 1.0
 
-    for total in (1, 2, 3, 7, 500):
-        for warm in (0, 1, total, 3 * total):
-            f = LRSchedule(kind, total, warm)
-            values = [
-                f(s) for s in range(total + 3)
-            ]  # steps past the end are clamped, not an error
-            assert all(0 < v <= 1 for v in values if not (kind == "cosine" and v == 0)), (
-                total,
-                warm,
-                values,
-            )
-    f = LRSchedule("onecycle", 100, 10)
-    assert f(0) == pytest.approx(0.04) and f(10) == pytest.approx(1.0) and f(99) < 1e-4
+
+def _lr_trace(kind: str, total: int, warm: int, steps: int, lr: float = 0.002) -> list[float]:
+    from docsort.train.train import lr_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = lr_scheduler(opt, kind, total, warm)
+    trace = []
+    for _ in range(steps):
+        trace.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return trace
+
+
+@pytest.mark.parametrize("kind", ["onecycle", "cosine", "constant"])
+def test_lr_schedule_matches_the_formula_for_any_number_of_steps(kind):
+    """LinearLR + CosineAnnealingLR (and the one-cycle LambdaLR) give the recipe's LR at every step."""
+    lr = 0.002
+    for total in (1, 2, 3, 7, 20, 500):
+        for warm in (0, 1, 3, total, 3 * total):
+            trace = _lr_trace(kind, total, warm, total + 3, lr)  # steps past the end: no error
+            want = [lr * _formula_factor(kind, total, warm, s) for s in range(total)]
+            assert trace[:total] == pytest.approx(want, rel=1e-9, abs=1e-12), (total, warm)
+            assert all(0 <= v <= lr for v in trace), (total, warm, trace)
+    trace = _lr_trace("onecycle", 100, 10, 100, 1.0)
+    assert trace[0] == pytest.approx(0.04) and trace[10] == pytest.approx(1.0) and trace[99] < 1e-4
+
+
+def test_lr_schedule_state_loads_with_weights_only(tmp_path):
+    from docsort.train.train import lr_scheduler
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = lr_scheduler(opt, "cosine", 20, 5)
+    for _ in range(7):
+        opt.step()
+        sched.step()
+    torch.save(sched.state_dict(), tmp_path / "s.pt")
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    again = lr_scheduler(opt2, "cosine", 20, 5)
+    again.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    opt2.load_state_dict(opt.state_dict())
+    for _ in range(5):
+        for o, s in ((opt, sched), (opt2, again)):
+            o.step()
+            s.step()
+        assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
 
 
 def test_onecycle_with_one_batch_per_epoch_trains(prepared_root, tmp_path):
@@ -222,18 +269,48 @@ def test_recipe_options_take_effect(prepared_root, tmp_path):
 
 
 def test_mix_makes_soft_targets_of_two_images():
+    from timm.data import Mixup
+
     from docsort.train.train import _mix
 
     torch.manual_seed(0)
     np.random.seed(0)
-    x = torch.stack([torch.full((1, 8, 8), float(i)) for i in range(4)])
-    y = torch.arange(4)
-    for mixup, cutmix in ((0.4, 0.0), (0.0, 1.0)):
-        xm, soft = _mix(x, y, 5, mixup, cutmix, smoothing=0.0)
-        assert soft.shape == (4, 5) and torch.allclose(soft.sum(1), torch.ones(4))
-        assert not torch.equal(xm, x)
-        mixed = (soft > 0).sum(1)
-        assert (mixed <= 2).all() and (mixed == 2).any()
+    for n in (4, 5, 1):  # timm refuses odd batches: the last image stays unmixed
+        for mixup, cutmix in ((0.4, 0.0), (0.0, 1.0), (0.4, 1.0)):
+            mixer = Mixup(
+                mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=0.0, num_classes=5
+            )
+            x = torch.stack([torch.full((1, 8, 8), float(i)) for i in range(n)])
+            y = torch.arange(n)
+            xm, soft = _mix(mixer, x.clone(), y)
+            assert soft.shape == (n, 5) and torch.allclose(soft.sum(1), torch.ones(n))
+            mixed = (soft > 0).sum(1)
+            assert (mixed <= 2).all()
+            if n % 2:
+                assert torch.equal(xm[-1], x[-1]) and torch.equal(
+                    soft[-1], F.one_hot(y[-1], 5).float()
+                )
+            if n > 1:
+                assert not torch.equal(xm, x) and (mixed[: n - n % 2] == 2).any()
+
+
+def test_mix_smooths_labels_like_cross_entropy():
+    """Soft targets: torch's weighted soft cross-entropy is the old -sum(w * soft * log p), smoothing as for labels."""
+    from timm.data import Mixup
+
+    from docsort.train.train import _mix
+
+    np.random.seed(1)
+    mixer = Mixup(mixup_alpha=0.4, label_smoothing=0.1, num_classes=5)
+    x, y = torch.randn(3, 1, 8, 8), torch.tensor([0, 3, 4])
+    _, soft = _mix(mixer, x, y)
+    logits, w = torch.randn(1, 5), torch.rand(5) + 0.5
+    assert float(F.cross_entropy(logits, soft[-1:], weight=w)) == pytest.approx(
+        float(-(soft[-1:] * logits.log_softmax(-1) * w).sum(-1).mean()), rel=1e-6
+    )
+    assert float(F.cross_entropy(logits, soft[-1:])) == pytest.approx(
+        float(F.cross_entropy(logits, y[-1:], label_smoothing=0.1)), rel=1e-6
+    )
 
 
 def test_class_weights_favour_rare_classes():
@@ -398,7 +475,7 @@ def test_killed_training_resumes_from_last_checkpoint_and_ends_with_all_epochs(
     prepared_root, tmp_path
 ):
     out = tmp_path / "m"
-    argv = [sys.executable, "-m", "docsort.cli.main", "train", str(prepared_root), "--out", str(out),
+    argv = [sys.executable, "-m", "docsort.cli.main", "train", "--prepared", str(prepared_root), "--out", str(out),
             *FAST, "fold=0", "train.epochs=4", "train.batch_size=8"]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from docsort.core.choices import VIEW_NAMES
 from docsort.core.errors import ConfigError, DocsortError
-from docsort.ensemble.combiners import VIEW_NAMES
 from docsort.ensemble.tta_ablation import named_families, tta_ablation
 
 Y = [0, 0, 1, 1]

@@ -10,7 +10,7 @@ import yaml
 
 from docsort.cli.main import main
 from docsort.core.config import load_config
-from docsort.core.errors import DocsortError
+from docsort.core.errors import ConfigError, DocsortError
 from docsort.ensemble.tta_ablation import ablate_tta, load_ablation
 from tests.review_fakes import fake_member
 
@@ -109,7 +109,10 @@ def test_refuses_members_without_oof_views(tmp_path, capsys):
 
 def test_on_a_trained_member(trained_member, tmp_path, capsys):
     out = tmp_path / "abl"
-    assert main(["tta-ablation", str(trained_member), "--merge", "geomean", "--out", str(out)]) == 0
+    assert (
+        main(["tta-ablation", str(trained_member), "--tta-merge", "geomean", "--out", str(out)])
+        == 0
+    )
     table = load_ablation(out).table
     assert len(table) == 255  # the trained member stores all 8 views
     assert set(table.loc[table["n_views"] == 1, "views"]) == {
@@ -121,12 +124,11 @@ def test_on_a_trained_member(trained_member, tmp_path, capsys):
     assert info["override"] in capsys.readouterr().out
 
 
-def test_cli_merge_choices_are_the_ones_the_stages_accept(capsys):
-    """The CLI keeps its own list (it must not import the heavy ensemble module to build --help)."""
-    from docsort.cli import review as cli_review
-    from docsort.ensemble import combiners as ensemble
-
-    assert cli_review.MERGES == ensemble.MERGES
+def test_cli_refuses_a_tta_merge_the_stage_refuses(tmp_path, capsys):
+    """``--tta-merge`` offers core.choices.MERGES, the list the stage checks against."""
     with pytest.raises(SystemExit):
-        main(["tta-ablation", "x", "--merge", "median"])
+        main(["tta-ablation", "x", "--tta-merge", "median"])
     assert "invalid choice: 'median'" in capsys.readouterr().err
+    m = fake_member(tmp_path / "m", IDS, Y, {"identity": IDENTITY})
+    with pytest.raises(ConfigError, match="valid: mean, geomean, logits"):
+        ablate_tta([m], merge="median")

@@ -167,6 +167,8 @@ def test_installed_docsort_compiles_its_shipped_pipelines(installed: Path, tmp_p
         pytest.skip("no pipelines shipped yet")
     for pipeline in pipelines:
         out = tmp_path / f"{pipeline.stem}.yaml"
-        proc = _run([installed / "docsort", "compile", pipeline, "-o", out], tmp_path, timeout=300)
+        proc = _run(
+            [installed / "docsort", "compile", pipeline, "--out", out], tmp_path, timeout=300
+        )
         assert proc.returncode == 0, f"{pipeline.name}: {proc.stderr[-2000:]}"
         assert out.read_text(encoding="utf-8").startswith("# PIPELINE DEFINITION")

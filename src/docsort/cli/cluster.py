@@ -12,22 +12,24 @@ import os
 import sys
 from pathlib import Path
 
+from docsort.cli.args import add_command, add_prepared, exists
 from docsort.core.errors import ConfigError, DocsortError
 
 HOST_ENV = "KF_PIPELINES_ENDPOINT"
 
 
-def register(sub, add) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``sweep``, ``submit`` and ``schedule`` to the ``docsort`` parser."""
-    p = add(
+    p = add_command(
         sub,
         "sweep",
         "Hyperparameter sweep of `docsort train` over a search space: local Optuna study or Katib Experiment.",
         overrides=True,
     )
-    p.add_argument(
-        "prepared",
-        help="prepared data (`docsort prepare` output): folder or s3://bucket/prefix (Katib: s3:// only)",
+    add_prepared(
+        p,
+        "prepared data (`docsort prepare` output): folder or s3://bucket/prefix (Katib: s3:// only)",
+        moved=True,
     )
     p.add_argument(
         "--space",
@@ -110,7 +112,7 @@ def register(sub, add) -> None:
             "Compile a pipeline file and create a recurring run on Kubeflow Pipelines (6-field cron).",
         ),
     ):
-        p = add(sub, name, help_text)
+        p = add_command(sub, name, help_text)
         p.add_argument(
             "pipeline", help="pipeline file (.py with one @dsl.pipeline, or compiled .yaml)"
         )
@@ -147,7 +149,9 @@ def register(sub, add) -> None:
             help="run every task, even those KFP could reuse from earlier runs",
         )
         if name == "submit":
-            p.add_argument("--run-name", default=None)
+            p.add_argument(
+                "--run-name", default=None, help="run name (default: the file's name and the time)"
+            )
             p.set_defaults(func=_submit)
         else:
             p.add_argument(
@@ -160,7 +164,9 @@ def register(sub, add) -> None:
                 default=None,
                 help="recurring run name (default: the pipeline file's name)",
             )
-            p.add_argument("--max-concurrency", type=int, default=1)
+            p.add_argument(
+                "--max-concurrency", type=int, default=1, help="runs at once at most (default 1)"
+            )
             p.add_argument(
                 "--catchup",
                 action="store_true",
@@ -170,14 +176,16 @@ def register(sub, add) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from docsort.core import storage
-    from docsort.sweep import sweep
-
     backend = args.backend or ("katib" if args.dry_run else "local")
     if args.dry_run and backend != "katib":
         raise ConfigError("--dry-run prints the Katib Experiment; it needs --backend katib")
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    if backend == "local":  # Katib refuses a local folder itself: its trials read S3
+        exists(args.prepared, "prepared folder")
+    from docsort.core import storage
+    from docsort.sweep import sweep
+
     overrides = list(args.overrides)
     if backend == "katib":
         from docsort.components import k8s
@@ -225,7 +233,7 @@ def _sweep(args: argparse.Namespace) -> int:
     print("best overrides: " + " ".join(result.overrides))
     print(f"trials table: {Path(args.out) / 'trials.csv'}")
     print(
-        f"train it: docsort train {args.prepared} --out OUT "
+        f"train it: docsort train --prepared {args.prepared} --out OUT "
         + " ".join(sweep.trial_overrides(sweep.load_space(args.space), overrides, result.overrides))
     )
     return 0

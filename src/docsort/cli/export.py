@@ -1,6 +1,6 @@
 """``docsort export``: a trained member as an ONNX file for onnxruntime / TensorRT.
 
-Registered through ``docsort.cli.main.EXTENSIONS``. ``docsort predict ... runtime=onnx``
+``docsort predict ... runtime=onnx``
 uses onnxruntime directly (exporting on the fly, or using ``MODEL_DIR/model.onnx``
 when it was exported from the same weights).
 """
@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from docsort.cli.args import add_command, exists
 
-def register(sub, add) -> None:
-    p = add(
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``export`` to the ``docsort`` parser."""
+    p = add_command(
         sub,
         "export",
         "Export a trained model folder to ONNX (dynamic batch axis; checked against torch).",
@@ -28,8 +31,7 @@ def register(sub, add) -> None:
         help="fp16 weights for the CUDA/TensorRT providers (inputs/outputs stay fp32)",
     )
     p.add_argument(
-        "-o",
-        "--output",
+        "--out",
         default=None,
         help="output file (default: MODEL_DIR/model.onnx, which `predict runtime=onnx` picks up)",
     )
@@ -37,9 +39,10 @@ def register(sub, add) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
+    exists(args.model, "model folder")
     from docsort.models.onnx_export import export_onnx, read_metadata
 
-    out = Path(args.output) if args.output else Path(args.model) / "model.onnx"
+    out = Path(args.out) if args.out else Path(args.model) / "model.onnx"
     path = export_onnx(args.model, out, opset=args.opset, fp16=args.fp16)
     meta = read_metadata(path)
     note = (

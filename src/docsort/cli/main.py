@@ -1,100 +1,90 @@
 """The ``docsort`` command line: one subcommand per stage, plus pipeline run/compile/submit.
 
 Stage subcommands take Hydra overrides as trailing arguments
-(``docsort train PREP --out DIR model=convnext_nano train.epochs=3``). Bad input
-ends with one ``docsort: error: ...`` line and exit status 2.
+(``docsort train --prepared PREP --out DIR model=convnext_nano train.epochs=3``).
+Every subcommand sets its handler with ``set_defaults(func=...)``; a handler
+checks the local inputs it is given before it imports its stage (and torch),
+so bad input ends fast with one ``docsort: error: ...`` line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from docsort.cli import cluster, data, export, review
+from docsort.cli.args import (
+    Parser,
+    add_command,
+    add_prepared,
+    check_moved_prepared,
+    exists,
+)
 from docsort.core.errors import DocsortError, SafeStream, from_os_error, safe_log_records
 
-# Modules that add subcommands: each has ``register(sub, add)`` and sets ``func`` on its parsers.
-EXTENSIONS: tuple[str, ...] = (
-    "docsort.cli.review",
-    "docsort.cli.export",
-    "docsort.cli.cluster",
-    "docsort.cli.data",
-)
+_OVERWRITE = "start again when --out holds other work (removes only what docsort wrote there)"
+_PARAM = "pipeline input NAME=VALUE (typed as the pipeline declares it); repeatable"
 
 
-def _add(sub, name: str, help: str, *, overrides: bool = False) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help)
-    if overrides:
-        p.add_argument(
-            "overrides", nargs="*", help="Hydra overrides, e.g. model=resnet18 train.epochs=3"
-        )
-    return p
+def _param_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help=_PARAM)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="docsort",
-        description="Document-image classification pipelines: local (kfp.local) or on Kubeflow.",
+def _register_stages(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "sample-data", "Generate the synthetic 17-class sample dataset.")
+    p.add_argument("out", metavar="OUT", help="dataset folder to write")
+    p.add_argument(
+        "--per-class", type=int, default=40, help="training images per class (default 40)"
     )
-    ap.add_argument(
-        "--version", action="version", version=f"docsort {__import__('docsort').__version__}"
-    )
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--test-per-class", type=int, default=None,
+                   help="test images per class (default: max(2, per-class / 4))")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_sample_data)
 
-    p = _add(sub, "sample-data", "Generate the synthetic 17-class sample dataset.")
-    p.add_argument("out")
-    p.add_argument("--per-class", type=int, default=40)
-    p.add_argument("--test-per-class", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-
-    p = _add(
+    p = add_command(
         sub,
         "prepare",
         "Validate a dataset, make stratified folds, cache resized images.",
         overrides=True,
     )
-    p.add_argument("data", help="dataset root: a folder or s3://bucket/prefix")
-    p.add_argument("--out", required=True)
+    p.add_argument("data", metavar="DATA", help="dataset root: a folder or s3://bucket/prefix")
+    p.add_argument("--out", required=True, help="prepared folder to write")
+    p.set_defaults(func=_prepare)
 
-    p = _add(
+    p = add_command(
         sub,
         "train",
         "Train a timm model on one fold (fold=K), all folds (fold=all) or all data (fold=none).",
         overrides=True,
     )
-    p.add_argument("prepared")
-    p.add_argument("--out", required=True)
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start again when --out holds other work (removes only what docsort wrote there)",
-    )
+    add_prepared(p, moved=True)
+    p.add_argument("--out", required=True, help="model folder (or fold bundle) to write")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
+    p.set_defaults(func=_train)
 
-    p = _add(
+    p = add_command(
         sub,
         "predict",
         "Class probabilities of one trained model with batched 8-view TTA.",
         overrides=True,
     )
-    p.add_argument("prepared")
+    add_prepared(p, moved=True)
     p.add_argument("--model", required=True, help="a model folder written by `docsort train`")
-    p.add_argument("--out", required=True)
-    p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start again when --out holds other work (removes only what docsort wrote there)",
-    )
+    p.add_argument("--out", required=True, help="prediction folder to write")
+    p.add_argument("--split", choices=("test", "train"), default="test",
+                   help="images to predict (default: test)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
+    p.set_defaults(func=_predict)
 
-    p = _add(
+    p = add_command(
         sub,
         "submission",
         "Write a validated, versioned submission CSV (+ lineage) from probabilities.",
     )
-    p.add_argument("prepared")
+    add_prepared(p, moved=True)
     p.add_argument("--probs", required=True, help="probs.csv of the chosen candidate")
     p.add_argument("--out", required=True, help="output root: folder or s3:// prefix")
     p.add_argument(
@@ -102,108 +92,169 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="name in the version (default: the candidate spec's name beside --probs)",
     )
+    p.set_defaults(func=_submission)
 
-    p = _add(sub, "run", "Run a pipeline file end to end (locally with kfp.local).")
-    p.add_argument("pipeline")
+    p = add_command(sub, "run", "Run a pipeline file end to end (locally with kfp.local).")
+    p.add_argument("pipeline", help="pipeline file: .py with one @dsl.pipeline")
     p.add_argument(
         "--local",
         action="store_true",
         help="run with kfp.local on this machine (the only mode of `run`)",
     )
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    _param_option(p)
     p.add_argument("--out", default="runs", help="where artifacts go (default: ./runs)")
     p.add_argument(
         "--no-cache",
         action="store_true",
         help="run every task again instead of reusing outputs of identical tasks under --out",
     )
+    p.set_defaults(func=_run_pipeline)
 
-    p = _add(sub, "compile", "Compile a pipeline file to KFP YAML.")
-    p.add_argument("pipeline")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
-    from docsort.cli.cluster import add_compile_options
+    p = add_command(sub, "compile", "Compile a pipeline file to KFP YAML.")
+    p.add_argument("pipeline", help="pipeline file: .py with one @dsl.pipeline")
+    p.add_argument("--out", required=True, help="pipeline YAML to write")
+    _param_option(p)
+    cluster.add_compile_options(p)
+    p.set_defaults(func=_compile)
 
-    add_compile_options(p)
-
-    p = _add(
+    p = add_command(
         sub,
         "demo",
         "Sample data -> the demo pipeline locally -> submission, hard-case table, macro F1.",
     )
-    p.add_argument("--out", default="demo-out")
-    p.add_argument("--per-class", type=int, default=40)
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
-    for module in EXTENSIONS:
-        importlib.import_module(module).register(sub, _add)
+    p.add_argument("--out", default="demo-out", help="where the run goes (default: ./demo-out)")
+    p.add_argument("--per-class", type=int, default=40, help="sample images per class (default 40)")
+    _param_option(p)
+    p.set_defaults(func=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``docsort`` parser (cheap: no stage module is imported)."""
+    ap = Parser(
+        prog="docsort",
+        description="Document-image classification pipelines: local (kfp.local) or on Kubeflow.",
+    )
+    ap.add_argument(
+        "--version",
+        action="version",
+        version=f"docsort {__import__('docsort').__version__}",
+        help="print docsort's version and exit",
+    )
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                            help="run `docsort COMMAND --help` for its arguments")  # fmt: skip
+    _register_stages(sub)
+    for module in (review, export, cluster, data):
+        module.register(sub)
     return ap
 
 
-def _run(args: argparse.Namespace) -> int:
-    if getattr(args, "func", None) is not None:
-        return int(args.func(args) or 0)
-    cmd = args.command
-    if cmd == "sample-data":
-        from docsort.data.sample import generate_sample_data
+# ---------------------------------------------------------------- handlers of the stage commands
 
-        out = generate_sample_data(
-            args.out, per_class=args.per_class, test_per_class=args.test_per_class, seed=args.seed
-        )
-        print(f"sample data written to {out}")
-    elif cmd == "prepare":
-        from docsort.data.prepare import prepare
 
-        print(f"prepared data written to {prepare(args.data, args.out, args.overrides)}")
-    elif cmd == "train":
+def _sample_data(args: argparse.Namespace) -> int:
+    from docsort.data.sample import generate_sample_data
+
+    out = generate_sample_data(
+        args.out, per_class=args.per_class, test_per_class=args.test_per_class, seed=args.seed
+    )
+    print(f"sample data written to {out}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    exists(args.data, "dataset folder")
+    from docsort.data.prepare import prepare
+
+    print(f"prepared data written to {prepare(args.data, args.out, args.overrides)}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    exists(args.prepared, "prepared folder")
+    if args.out.startswith("s3://"):  # a Katib trial: train in scratch space, keep the member on S3
+        from docsort.sweep.results import train_to_s3
+
+        out = train_to_s3(args.prepared, args.out, args.overrides)
+    else:
         from docsort.train.train import train
 
         out = train(args.prepared, args.out, args.overrides, overwrite=args.overwrite)
-        print(f"model written to {out}", file=sys.stderr)
-    elif cmd == "predict":
-        from docsort.predict.predict import predict
-
-        out = predict(args.prepared, args.model, args.out, args.overrides, split=args.split,
-                      overwrite=args.overwrite)  # fmt: skip
-        print(f"predictions written to {out}")
-    elif cmd == "submission":
-        from docsort.review.submission import submit
-
-        print(
-            f"submission written to {submit(args.prepared, args.probs, args.out, candidate=args.candidate)}"
-        )
-    elif cmd == "run":
-        from docsort.kfp.runner import load_pipeline, parse_params, run_local
-
-        if not args.local:
-            raise DocsortError(
-                "`docsort run` runs locally; pass --local (use `docsort submit` for a cluster)"
-            )
-        params = parse_params(args.param, load_pipeline(args.pipeline))
-        output = run_local(args.pipeline, args.out, params, cache=not args.no_cache)
-        print(f"\nrun finished; artifacts under {Path(args.out).resolve()}")
-        if output is not None:
-            print(f"pipeline output: {output.path}")
-    elif cmd == "compile":
-        from docsort.components.k8s import use_profile
-        from docsort.kfp.runner import compile_pipeline, load_pipeline, parse_params
-
-        with use_profile(args.k8s_profile):
-            params = parse_params(args.param, load_pipeline(args.pipeline))
-            out = compile_pipeline(
-                args.pipeline, args.output, params,
-                image_registry=args.image_registry, image_tag=args.image_tag,
-            )  # fmt: skip
-        print(f"compiled to {out}")
-    elif cmd == "demo":
-        from docsort.kfp.demo import run_demo
-
-        run_demo(args.out, per_class=args.per_class, params=args.param)
+    print(f"model written to {out}", file=sys.stderr)
     return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    exists(args.prepared, "prepared folder")
+    exists(args.model, "model folder")
+    from docsort.predict.predict import predict
+
+    out = predict(args.prepared, args.model, args.out, args.overrides, split=args.split,
+                  overwrite=args.overwrite)  # fmt: skip
+    print(f"predictions written to {out}")
+    return 0
+
+
+def _submission(args: argparse.Namespace) -> int:
+    exists(args.prepared, "prepared folder")
+    exists(args.probs, "probability table")
+    from docsort.review.submission import write_submission
+
+    out = write_submission(args.prepared, args.probs, args.out, candidate=args.candidate)
+    print(f"submission written to {out}")
+    return 0
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    if not args.local:
+        raise DocsortError(
+            "`docsort run` runs locally; pass --local (use `docsort submit` for a cluster)"
+        )
+    from docsort.kfp.runner import load_pipeline, parse_params, run_local
+
+    params = parse_params(args.param, load_pipeline(args.pipeline), complete=True)
+    output = run_local(args.pipeline, args.out, params, cache=not args.no_cache)
+    print(f"\nrun finished; artifacts under {Path(args.out).resolve()}")
+    if output is not None:
+        print(f"pipeline output: {output.path}")
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from docsort.components.k8s import use_profile
+    from docsort.kfp.runner import compile_pipeline, load_pipeline, parse_params
+
+    with use_profile(args.k8s_profile):
+        params = parse_params(args.param, load_pipeline(args.pipeline))
+        out = compile_pipeline(
+            args.pipeline, args.out, params,
+            image_registry=args.image_registry, image_tag=args.image_tag,
+        )  # fmt: skip
+    print(f"compiled to {out}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from docsort.kfp.demo import run_demo
+
+    run_demo(args.out, per_class=args.per_class, params=args.param)
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand (for an error that names its ``--help``)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    command = _command_parser(parser, args.command)
+    if any(getattr(a, "moved_prepared", False) for a in command._actions):
+        check_moved_prepared(command, args, extra)
     # Hydra overrides may come anywhere after the subcommand (argparse stops at the first option).
     bad = [e for e in extra if e.startswith("-") or "=" not in e]
     if bad or (extra and not hasattr(args, "overrides")):
@@ -213,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # names from the user's files (class names, IDs) reach the terminal escaped
         with contextlib.redirect_stdout(SafeStream(sys.stdout)), safe_log_records():
-            return _run(args)
+            return int(args.func(args) or 0)
     except DocsortError as err:
         print(f"docsort: error: {err}", file=sys.stderr)  # DocsortError made its text safe
         return err.exit_code

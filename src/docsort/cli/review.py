@@ -1,7 +1,7 @@
-"""Review subcommands: tta-ablation, ensemble, candidate run/submit, hardcases, report.
+"""Review subcommands: tta-ablation, ensemble, candidate run/submission/upload, hardcases, report.
 
-Registered through ``docsort.cli.main.EXTENSIONS``; each handler calls one stage
-function and prints what a person needs to read or do next.
+Each handler checks the local inputs it is given, then calls one stage function
+and prints what a person needs to read or do next.
 """
 
 from __future__ import annotations
@@ -10,8 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-#: How probabilities are merged, across TTA views or across members (docsort.models.tta.merge).
-MERGES = ("mean", "geomean", "logits")
+from docsort.cli.args import add_command, add_overrides, exist, exists
+from docsort.core.choices import MERGES, METHODS, REPORT_SETS, VIEW_NAMES
+
+#: Verdicts of a hard case (docsort.review.hardcases.KINDS, which imports pandas).
+_KINDS = ("hard", "model_error", "label_error", "ambiguous")
 
 
 def _merge_option(p: argparse.ArgumentParser, flag: str, what: str) -> None:
@@ -28,8 +31,21 @@ def _hardcases_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def register(sub, add) -> None:
-    p = add(
+def _view_list(text: str) -> list[str]:
+    """``--views a,b,c``: known view names only (a tta-ablation folder goes to --views-from)."""
+    views = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in views if v not in VIEW_NAMES]
+    if bad or not views:
+        raise argparse.ArgumentTypeError(
+            f"unknown TTA view {bad[0] if bad else '(none)'!r}; choose from {', '.join(VIEW_NAMES)} "
+            "(a `docsort tta-ablation` folder goes to --views-from)"
+        )
+    return views
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the review subcommands to the ``docsort`` parser."""
+    p = add_command(
         sub,
         "tta-ablation",
         "Score each TTA view and every subset of views on OOF predictions; recommend the best subset.",
@@ -42,7 +58,7 @@ def register(sub, add) -> None:
     )
     _merge_option(
         p,
-        "--merge",
+        "--tta-merge",
         "how views are merged: mean of probabilities, geometric mean or mean of logits",
     )
     p.add_argument(
@@ -57,12 +73,12 @@ def register(sub, add) -> None:
     p.add_argument("--top", type=int, default=10, help="rows of the best subsets to print")
     p.set_defaults(func=_tta_ablation)
 
-    p = add(
+    p = add_command(
         sub,
         "ensemble",
         "Combine member predictions into a named candidate: spec + probabilities + OOF ensemble report.",
     )
-    p.add_argument("predictions", nargs="*",
+    p.add_argument("predictions", nargs="*", metavar="PREDICTION_DIR",
                    help="prediction folders written by `docsort predict` (or give --model and --prepared); "
                         "NAME=VALUE items are prediction overrides such as precision=fp32")  # fmt: skip
     p.add_argument("--out", required=True, help="candidate folder to write")
@@ -72,15 +88,26 @@ def register(sub, add) -> None:
     p.add_argument(
         "--prepared",
         default=None,
+        metavar="DIR",
         help="prepared data to predict --model members on (when no prediction folders are given)",
     )
-    p.add_argument(
+    views = p.add_mutually_exclusive_group()
+    views.add_argument(
         "--views",
+        type=_view_list,
         default=None,
-        help="TTA views for members predicted here: comma list, or a `docsort tta-ablation` folder",
+        metavar="VIEW,...",
+        help=f"TTA views for members predicted here, a comma list of {', '.join(VIEW_NAMES)}",
+    )
+    views.add_argument(
+        "--views-from",
+        default=None,
+        metavar="DIR",
+        help="a `docsort tta-ablation` folder: use the views it recommends",
     )
     _merge_option(p, "--tta-merge", "how a member's views are merged")
-    p.add_argument("--method", choices=("soft", "weighted", "hard", "stacked"), default="soft")
+    p.add_argument("--method", choices=METHODS, default="soft",
+                   help="how members are combined (default: soft)")  # fmt: skip
     p.add_argument("--name", default=None, help="candidate name (default: the method)")
     p.add_argument(
         "--objective",
@@ -96,57 +123,68 @@ def register(sub, add) -> None:
     )
     p.set_defaults(func=_ensemble)
 
-    p = add(
-        sub, "candidate", "Saved candidate specs: re-run one from its checkpoints, or submit one."
+    p = add_command(
+        sub,
+        "candidate",
+        "Saved candidate specs: re-run one from its models, write its submission, upload it.",
     )
-    cs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    c = cs.add_parser("run", help="Re-run a candidate spec (candidate.yaml) from its checkpoints on prepared data.",
+    cs = p.add_subparsers(dest="action", required=True, metavar="ACTION",
+                          help="run `docsort candidate ACTION --help` for its arguments")  # fmt: skip
+    c = cs.add_parser("run", help="Re-run a candidate spec (candidate.yaml) from its models on prepared data.",
                       description="Predict every member with its TTA views, then combine them as the spec says (nothing is refitted).")  # fmt: skip
     c.add_argument("spec", help="candidate.yaml (a path or s3:// URI)")
-    c.add_argument("--prepared", required=True)
+    c.add_argument("--prepared", required=True, metavar="DIR", help="prepared data to predict on")
     c.add_argument("--out", required=True, help="candidate folder to write")
-    c.add_argument(
-        "overrides", nargs="*", help="prediction overrides, e.g. precision=fp32 tta.batch_size=32"
-    )
+    add_overrides(c, "precision=fp32 tta.batch_size=32")
     c.set_defaults(func=_candidate_run)
     c = cs.add_parser(
-        "submit", help="Write a candidate's validated, versioned submission with its lineage."
+        "submission",
+        help="Write a candidate's validated, versioned submission with its lineage.",
+        description="Write a candidate's validated, versioned submission with its lineage.",
     )
     c.add_argument("candidate", help="candidate folder")
-    c.add_argument("--prepared", required=True)
+    c.add_argument("--prepared", required=True, metavar="DIR", help="prepared data it was run on")
     c.add_argument("--out", required=True, help="output root: folder or s3:// prefix")
-    c.set_defaults(func=_candidate_submit)
+    c.set_defaults(func=_candidate_submission)
     c = cs.add_parser(
         "upload",
-        help="Copy a candidate spec and its members' checkpoints to S3 for the nightly pipeline.",
+        help="Copy a candidate spec and its members' models to S3 for the nightly pipeline.",
         description="Upload each member to DEST/members/<name>/ and write DEST/candidate.yaml naming them.",
     )
     c.add_argument("spec", help="candidate.yaml written by `docsort ensemble`")
     c.add_argument("dest", help="new prefix, e.g. s3://docsort-results/candidates/soft-2026-06-01")
     c.set_defaults(func=_candidate_upload)
 
-    p = add(
+    p = add_command(
         sub, "hardcases", "Hard-case workflow: mine proposals, record verdicts, compare candidates."
     )
-    hs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    hs = p.add_subparsers(dest="action", required=True, metavar="ACTION",
+                          help="run `docsort hardcases ACTION --help` for its arguments")  # fmt: skip
     c = hs.add_parser(
-        "compare", help="Score candidates on hardcases.csv side by side and pick the winner."
+        "compare",
+        help="Score candidates on hardcases.csv side by side and pick the winner.",
+        description="Score candidates on hardcases.csv side by side and pick the winner.",
     )
     c.add_argument(
         "candidates",
         nargs="+",
         help="candidate folders (`docsort ensemble`, `docsort candidate run`) or folders of them",
     )
-    c.add_argument("--prepared", required=True)
-    c.add_argument("--out", required=True)
+    c.add_argument(
+        "--prepared", required=True, metavar="DIR", help="prepared data the candidates ran on"
+    )
+    c.add_argument("--out", required=True, help="comparison folder to write")
     _hardcases_option(c)
     c.set_defaults(func=_compare)
     c = hs.add_parser(
         "mine",
         help="Propose images to review: OOF errors, candidate disagreements, least confident test images.",
+        description="Propose images to review: OOF errors, candidate disagreements, least confident test images.",
     )
     c.add_argument("candidates", nargs="*", help="candidate folders or folders of them")
-    c.add_argument("--prepared", required=True)
+    c.add_argument(
+        "--prepared", required=True, metavar="DIR", help="prepared data the candidates ran on"
+    )
     c.add_argument(
         "--model", action="append", default=[], help="model folders whose oof.csv to mine as well"
     )
@@ -180,19 +218,26 @@ def register(sub, add) -> None:
         )
         c.add_argument(
             "--kind",
-            choices=("hard", "model_error", "label_error", "ambiguous"),
+            choices=_KINDS,
             required=name == "mark",
             default="hard" if name == "add" else None,
+            help="the verdict" + (" (default: hard)" if name == "add" else ""),
         )
-        c.add_argument("--note", default="" if name == "add" else None)
+        c.add_argument(
+            "--note",
+            default="" if name == "add" else None,
+            help="why, in a few words" + ("" if name == "add" else " (default: keep the row's)"),
+        )
         c.set_defaults(func=_add if name == "add" else _mark)
 
-    p = add(
+    p = add_command(
         sub,
         "report",
         "The error notebook: one self-contained HTML file (plus summary.md) for a candidate.",
     )
-    p.add_argument("--prepared", required=True)
+    p.add_argument(
+        "--prepared", required=True, metavar="DIR", help="prepared data the candidate ran on"
+    )
     p.add_argument(
         "--candidate", default=None, help="candidate folder (default: the winner of --comparison)"
     )
@@ -206,9 +251,9 @@ def register(sub, add) -> None:
         default=None,
         help="a `docsort tta-ablation` folder (default: computed from the members' OOF views)",
     )
-    p.add_argument("--on", choices=("auto", "oof", "test", "hardcases"), default="auto",
+    p.add_argument("--on", choices=REPORT_SETS, default="auto",
                    help="labelled set: auto = the candidate's OOF training predictions, else test_labels.csv, else hard cases")  # fmt: skip
-    p.add_argument("-o", "--output", required=True, help="HTML file to write")
+    p.add_argument("--out", required=True, help="HTML file to write")
     p.add_argument(
         "--summary", default=None, help="Markdown summary (default: summary.md beside the HTML)"
     )
@@ -217,9 +262,10 @@ def register(sub, add) -> None:
 
 
 def _tta_ablation(args: argparse.Namespace) -> int:
+    exist(args.models, "model folder")
     from docsort.ensemble.tta_ablation import ablate_tta, format_ablation
 
-    abl = ablate_tta(args.models, args.out, merge=args.merge, subsets=args.subsets)
+    abl = ablate_tta(args.models, args.out, merge=args.tta_merge, subsets=args.subsets)
     if args.out:
         print((Path(args.out) / "summary.txt").read_text(), end="")
         print(f"\nwritten to {args.out} (ablation.csv, recommended.json, recommended.yaml)")
@@ -229,18 +275,19 @@ def _tta_ablation(args: argparse.Namespace) -> int:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from docsort.ensemble.ensemble import ensemble
-
     overrides = [p for p in args.predictions if "=" in p and not Path(p).exists()]
     predictions = [p for p in args.predictions if p not in overrides]
-    views = None
-    if args.views:
-        folder = Path(args.views)
-        views = (
-            _recommended_views(folder)
-            if folder.is_dir()
-            else [v.strip() for v in args.views.split(",") if v.strip()]
-        )
+    exist(predictions, "prediction folder")
+    exist(args.model, "model folder")
+    exists(args.prepared, "prepared folder")
+    exists(args.views_from, "TTA ablation folder")
+    from docsort.ensemble.ensemble import ensemble
+
+    views = args.views
+    if args.views_from:
+        from docsort.ensemble.tta_ablation import load_ablation
+
+        views = list(load_ablation(args.views_from).recommended)
     out = ensemble(predictions, args.out, models=args.model, name=args.name or args.method, method=args.method,
                    objective=args.objective, merge=args.merge, calibrate=args.calibrate, prepared=args.prepared,
                    views=views, tta_merge=args.tta_merge, predict_overrides=overrides)  # fmt: skip
@@ -252,6 +299,8 @@ def _ensemble(args: argparse.Namespace) -> int:
 
 
 def _candidate_run(args: argparse.Namespace) -> int:
+    exists(args.spec, "candidate spec")
+    exists(args.prepared, "prepared folder")
     from docsort.ensemble.candidate import run_candidate
 
     print(
@@ -260,14 +309,18 @@ def _candidate_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _candidate_submit(args: argparse.Namespace) -> int:
-    from docsort.review.submission import submit_candidate
+def _candidate_submission(args: argparse.Namespace) -> int:
+    exists(args.candidate, "candidate folder")
+    exists(args.prepared, "prepared folder")
+    from docsort.review.submission import write_candidate_submission
 
-    print(f"submission written to {submit_candidate(args.prepared, args.candidate, args.out)}")
+    out = write_candidate_submission(args.prepared, args.candidate, args.out)
+    print(f"submission written to {out}")
     return 0
 
 
 def _candidate_upload(args: argparse.Namespace) -> int:
+    exists(args.spec, "candidate spec")
     from docsort.ensemble.candidate_upload import upload_candidate
 
     print(f"candidate spec uploaded to {upload_candidate(args.spec, args.dest)}")
@@ -275,33 +328,14 @@ def _candidate_upload(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from docsort.review.compare import compare_hardcases
+    exist(args.candidates, "candidate folder")
+    exists(args.prepared, "prepared folder")
+    exists(args.hardcases, "hard-case file")
+    from docsort.review.compare import compare_candidates
 
-    out = compare_hardcases(args.prepared, args.candidates, args.out, hardcases=args.hardcases)
+    out = compare_candidates(args.prepared, args.candidates, args.out, hardcases=args.hardcases)
     print((out / "comparison.txt").read_text())  # its first line: which hard-case file, how many
     return 0
-
-
-def _recommended_views(folder: Path) -> list[str]:
-    """The views a ``docsort tta-ablation`` folder recommends (its recommended.json), or one line."""
-    import json
-
-    from docsort.core.errors import DocsortError
-
-    rec = folder / "recommended.json"
-    if not rec.is_file():
-        raise DocsortError(
-            "--views: no recommended.json here; give a `docsort tta-ablation` folder "
-            "or a comma list of views",
-            file=str(folder),
-        )
-    try:
-        views = json.loads(rec.read_text(encoding="utf-8"))["views"]
-    except (OSError, ValueError, KeyError, TypeError):
-        views = None
-    if not isinstance(views, list) or not all(isinstance(v, str) for v in views):
-        raise DocsortError("not a TTA ablation's recommendation (no list of views)", file=str(rec))
-    return views
 
 
 def _at_least_one(option: str, value: int) -> None:
@@ -318,6 +352,9 @@ def _mine(args: argparse.Namespace) -> int:
     from docsort.review.hardcases import mine, write_proposals
 
     _at_least_one("--top", args.top)
+    exist(args.candidates, "candidate folder")
+    exist(args.model, "model folder")
+    exists(args.prepared, "prepared folder")
     check_outputs([args.out], [args.prepared, *args.candidates, *args.model, args.file])
     check_file(args.out)
     df = mine(args.prepared, args.candidates, models=args.model, top=args.top, existing=args.file)
@@ -358,12 +395,17 @@ def _mark(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    exists(args.prepared, "prepared folder")
+    exists(args.candidate, "candidate folder")
+    exists(args.comparison, "comparison folder")
+    exists(args.ablation, "TTA ablation folder")
+    exists(args.hardcases, "hard-case file")
     from docsort.review.report import error_report
 
     r = error_report(
         args.prepared,
         args.candidate,
-        args.output,
+        args.out,
         summary=args.summary,
         comparison=args.comparison,
         ablation=args.ablation,

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 from kfp import dsl
 
+from docsort.components.data import data_version_op, prepare_op
 from docsort.components.k8s import apply
-from docsort.components.stages import data_version_op, oof_report_op, prepare_op, train_op
+from docsort.components.train import oof_report_op, train_op
 
 #: Folds trained at once on a cluster (kfp.local runs at most two tasks at a time).
 FOLD_PARALLELISM = 5
 
 
-def versioned_prepare(data_uri: str, overrides: str) -> dsl.PipelineTask:
+def versioned_prepare(data_root: str, overrides: str) -> dsl.PipelineTask:
     """data-version -> prepare; the version stamp keys KFP's cache to the data's content."""
-    version = apply(data_version_op(data_uri=data_uri).set_display_name("data-version"))
+    version = apply(data_version_op(data_root=data_root).set_display_name("data-version"))
     return apply(
         prepare_op(
-            data_uri=data_uri, data_version=version.output, overrides=overrides
+            data_root=data_root, data_version=version.output, overrides=overrides
         ).set_display_name("prepare")
     )
 

@@ -33,13 +33,10 @@ from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError, mod
 from pydantic_core import PydanticCustomError
 
 from docsort.core.atomic import write_text_atomic
+from docsort.core.choices import MERGES, VIEW_NAMES
 from docsort.core.errors import ConfigError
 
-VIEW_NAMES = (
-    "identity", "rot90", "rot180", "rot270", "flip", "flip_rot90", "flip_rot180", "flip_rot270",
-)  # fmt: skip
 PRECISIONS = ("auto", "bf16", "fp32", "fp16")
-MERGES = ("mean", "geomean", "logits")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 
@@ -451,10 +448,3 @@ def to_yaml(cfg: DictConfig) -> str:
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:
     """Record the resolved config beside a stage's outputs."""
     return write_text_atomic(path, to_yaml(cfg))
-
-
-def config_from_yaml(path: str | os.PathLike) -> DictConfig:
-    """Read back a config saved by :func:`save_config`."""
-    cfg = OmegaConf.load(Path(path))
-    assert isinstance(cfg, DictConfig)
-    return cfg

@@ -14,17 +14,6 @@ import torch
 
 
 @cache
-def cpu_has_amx() -> bool:
-    """True when the CPU advertises AMX tiles with bf16 (Sapphire Rapids and later)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-        return "amx_bf16" in flags and "amx_tile" in flags
-    except OSError:
-        return False
-
-
-@cache
 def cpu_bf16_speedup() -> float:
     """Measured speed of bf16 over fp32 matmul on this CPU (a ~0.1 s probe).
 

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from docsort.core.atomic import atomic_path
+from docsort.core.csv_tables import read_table, refuse_blank
 from docsort.core.errors import DocsortError
-from docsort.data.contract import read_table, refuse_blank
 
 # How far a row's sum may be from 1. Tables are written with 6 significant digits
 # (at most ~1e-5 off for 17 classes); anything further is not a distribution.

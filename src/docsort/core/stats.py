@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binom
+from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 EPS = 1e-12
@@ -57,7 +57,13 @@ def accuracy(targets: Sequence[int], preds: Sequence[int]) -> float:
 
 
 def log_loss(targets: Sequence[int], probs: np.ndarray) -> float:
-    """Mean negative log-probability of the true class, clipped so one zero is not infinite."""
+    """Mean negative log-probability of the true class, clipped so one zero is not infinite.
+
+    Not ``sklearn.metrics.log_loss``: that clips at machine epsilon (a hard vote's
+    zero share would cost 36 instead of 28), warns on rows that do not sum to one
+    (probabilities read back from CSV) and its input checks would dominate a
+    weight search; where no probability is below ``EPS`` the two agree.
+    """
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64)
     picked = probs[np.arange(len(targets)), targets]
@@ -115,16 +121,16 @@ def most_confused_pairs(cm: np.ndarray, class_names: Sequence[str], top: int = 1
 def mcnemar_p(b: int, c: int) -> float:
     """Exact two-sided McNemar p-value from the two discordant counts.
 
-    Under "no difference" each discordant image is a fair coin, so the smaller
-    count is Binomial(b + c, 1/2): p = min(1, 2 * P(X <= min(b, c))).
+    Under "no difference" each discordant image is a fair coin, so ``b`` is
+    Binomial(b + c, 1/2) and the p-value is the exact two-sided binomial test's
+    (for p = 1/2 that is min(1, 2 * P(X <= min(b, c)))).
     No discordant pairs means no evidence either way: p = 1.
     """
     if b < 0 or c < 0:
         raise ValueError("discordant counts must be non-negative")
-    n = b + c
-    if n == 0:
+    if b + c == 0:
         return 1.0
-    return float(min(1.0, 2.0 * binom.cdf(min(b, c), n, 0.5)))
+    return float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
 
 
 @dataclass(frozen=True)

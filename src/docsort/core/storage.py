@@ -21,6 +21,9 @@ aborted. Every S3 failure becomes a one-line ``DocsortError`` with credentials
 scrubbed from the message.
 """
 
+# Not fsspec: its S3 backend (s3fs) is not a dependency, and what this module adds over a
+# plain client is docsort's own: atomic local writes and ``.docsort`` markers, conditional
+# PUTs (If-None-Match), aborted multipart uploads, manifest-checked mirrors, scrubbed errors.
 from __future__ import annotations
 
 import contextlib

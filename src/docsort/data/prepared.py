@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from docsort.core.csv_tables import read_table
 from docsort.core.errors import DocsortError
-from docsort.data.contract import read_table
 
 
 @dataclass

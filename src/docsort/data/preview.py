@@ -131,7 +131,7 @@ def augment_preview(
     from docsort.core.atomic import atomic_path
     from docsort.core.config import load_config
     from docsort.data.augment import TrainTransform
-    from docsort.train.train import ImageArrayDataset
+    from docsort.data.datasets import ImageArrayDataset
 
     if images < 1 or draws < 1:
         raise DocsortError("--images and --draws must be >= 1")

@@ -1,4 +1,4 @@
-"""Candidate specs re-run: fetch a spec and its members' checkpoints, predict, combine."""
+"""Candidate specs re-run: fetch a spec and its members' models, predict, combine."""
 
 from __future__ import annotations
 
@@ -41,12 +41,12 @@ def _fetch_spec(spec: str | os.PathLike, workdir: Path) -> Path:
     return Path(spec)
 
 
-def _fetch_checkpoint(ckpt: str, workdir: Path) -> Path:
-    if storage.is_s3(ckpt):
-        return storage.localize(ckpt, workdir / "models", progress=False)
-    p = Path(ckpt)
+def _fetch_model(model: str, workdir: Path) -> Path:
+    if storage.is_s3(model):
+        return storage.localize(model, workdir / "models", progress=False)
+    p = Path(model)
     if not p.exists():
-        raise DocsortError("member checkpoint not found", file=ckpt)
+        raise DocsortError("member model not found", file=model)
     return p
 
 
@@ -57,7 +57,7 @@ def run_candidate(
     out: str | os.PathLike,
     overrides: Sequence[str] = (),
 ) -> Path:
-    """Re-run a saved candidate spec from its checkpoints on the prepared test images.
+    """Re-run a saved candidate spec from its members' models on the prepared test images.
 
     Each member predicts with its own TTA views (a fold bundle averages its
     folds), then the spec combines them with its stored method, weights,
@@ -70,22 +70,22 @@ def run_candidate(
     with scratch_dir(out) as work:
         spec_obj = ens.load_spec(_fetch_spec(spec, Path(work)))
         prep = Prepared(Path(prepared))
-        checkpoints = [_fetch_checkpoint(m.checkpoint, Path(work)) for m in spec_obj.members]
+        models = [_fetch_model(m.model, Path(work)) for m in spec_obj.members]
         with atomic_path(out, is_dir=True) as tmp:
             member_probs = []
-            for i, (m, ckpt) in enumerate(zip(spec_obj.members, checkpoints, strict=True)):
+            for i, (m, model) in enumerate(zip(spec_obj.members, models, strict=True)):
                 folder = (
                     tmp
                     / "members"
                     / f"{i:02d}-{''.join(c if c.isalnum() or c in '._-' else '_' for c in m.name)}"
                 )
                 mem.predict_member(
-                    prep.root, ckpt, folder, spec_obj.views_of(i), spec_obj.tta_merge, overrides
+                    prep.root, model, folder, spec_obj.views_of(i), spec_obj.tta_merge, overrides
                 )
                 ids, p, _ = read_probs(folder / "probs.csv")
                 member_probs.append(align(ids, p, prep.test_ids, source=str(folder / "probs.csv")))
             probs = ens.combine(spec_obj, member_probs)
-            oofs = member_oofs(spec_obj, checkpoints)
+            oofs = member_oofs(spec_obj, models)
             oof = candidate_oof(spec_obj, oofs) if oofs else None
             if spec_obj.oof_macro_f1 is None and oof is not None:
                 spec_obj.oof_macro_f1 = ens.score(oof.probs, oof.targets, "macro_f1")
@@ -120,9 +120,9 @@ def prepare_for_candidates(
         for s in specs:
             spec = ens.load_spec(_fetch_spec(s, work))
             for m in spec.members:
-                ckpt = _fetch_checkpoint(m.checkpoint, work)
-                defaults = defaults or mem.data_settings(ckpt, ("num_folds",))
-                for key, value in mem.data_settings(ckpt).items():
+                model = _fetch_model(m.model, work)
+                defaults = defaults or mem.data_settings(model, ("num_folds",))
+                for key, value in mem.data_settings(model).items():
                     if settings.setdefault(key, value) != value:
                         raise ConfigError(f"members need different data.{key} ({settings[key]} vs {value}); "
                                           "candidates run on one prepared folder, so their members must share it")  # fmt: skip

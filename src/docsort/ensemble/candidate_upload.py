@@ -1,6 +1,6 @@
-"""Put a candidate spec and the member checkpoints it names where cluster pods can read them.
+"""Put a candidate spec and the member models it names where cluster pods can read them.
 
-A spec written by ``docsort ensemble`` names its members' checkpoints by local
+A spec written by ``docsort ensemble`` names its members' models by local
 path; the nightly submission pipeline runs in pods that see only S3. Uploading
 copies each member to ``<dest>/members/<name>/`` and writes
 ``<dest>/candidate.yaml`` naming those URIs, so the pipeline's ``candidates``
@@ -22,7 +22,7 @@ def _slug(name: str) -> str:
 
 
 def upload_candidate(spec: str | os.PathLike, dest: str) -> str:
-    """Upload ``spec`` and its local member checkpoints under the prefix ``dest``; returns the new spec's URI.
+    """Upload ``spec`` and its local member models under the prefix ``dest``; returns the new spec's URI.
 
     Members already on S3 keep their URIs. Nothing at ``dest`` is overwritten: an
     existing ``candidate.yaml`` or member folder there is refused before anything is
@@ -41,16 +41,16 @@ def upload_candidate(spec: str | os.PathLike, dest: str) -> str:
             raise DocsortError("already exists; upload to a new prefix", file=target)
         plan: list[tuple[Path, str]] = []
         for m in parsed.members:
-            if storage.is_s3(m.checkpoint):
+            if storage.is_s3(m.model):
                 continue
-            src = Path(m.checkpoint)
+            src = Path(m.model)
             if not src.exists():
-                raise DocsortError("member checkpoint not found", file=m.checkpoint)
+                raise DocsortError("member model not found", file=m.model)
             uri = storage.join(dest, "members", _slug(m.name))
             if storage.exists(uri):
                 raise DocsortError("already exists; upload to a new prefix", file=uri)
             plan.append((src, uri))
-            m.checkpoint = uri if src.is_dir() else storage.join(uri, src.name)
+            m.model = uri if src.is_dir() else storage.join(uri, src.name)
         for src, uri in plan:
             if src.is_dir():
                 storage.upload_dir(src, uri)

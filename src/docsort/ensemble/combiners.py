@@ -15,7 +15,7 @@ Why each piece exists:
 * stacking learns a logistic-regression meta-model on the members' OOF
   log-probabilities; it is stored as plain coefficients (no pickle) in the spec;
 * a :class:`CandidateSpec` is the named, re-runnable recipe ("candidate 1814"):
-  members, their checkpoints and TTA views, method, weights, temperatures.
+  members, their model folders and TTA views, method, weights, temperatures.
 """
 
 from __future__ import annotations
@@ -36,22 +36,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from docsort.core.atomic import write_text_atomic
+from docsort.core.choices import MERGES, METHODS, VIEW_NAMES
 from docsort.core.errors import ConfigError, DocsortError
 from docsort.core.stats import EPS, fast_macro_f1, log_loss
 from docsort.ensemble.calibration import apply_temperature, fit_temperature
 
-VIEW_NAMES = (
-    "identity",
-    "rot90",
-    "rot180",
-    "rot270",
-    "flip",
-    "flip_rot90",
-    "flip_rot180",
-    "flip_rot270",
-)
-METHODS = ("soft", "weighted", "hard", "stacked")
-MERGES = ("mean", "geomean", "logits")
 OBJECTIVES = ("macro_f1", "log_loss")
 
 # A hard-vote winner is marked by moving this much mass onto it, so argmax of
@@ -507,7 +496,7 @@ class MemberSpec:
     """One ensemble member: a trained model and, optionally, its own TTA views."""
 
     name: str
-    checkpoint: str
+    model: str  # a model folder or fold bundle: a path or an s3:// URI
     views: list[str] | None = None
 
 
@@ -557,8 +546,8 @@ class CandidateSpec:
                 or not 0 < len(m.name) <= 200
             ):
                 raise ConfigError(f"member name {m.name!r} must be 1-200 printable characters")
-            if not isinstance(m.checkpoint, str) or not m.checkpoint:
-                raise ConfigError(f"member {m.name!r} needs a checkpoint path or URI")
+            if not isinstance(m.model, str) or not m.model:
+                raise ConfigError(f"member {m.name!r} needs a model folder path or URI")
             if m.views is not None:
                 _check_views(m.views, f"member {m.name!r} views")
         names = [m.name for m in self.members]
@@ -600,9 +589,11 @@ class CandidateSpec:
             raise ConfigError("candidate spec 'members' must be a list")
         members = []
         for i, m in enumerate(d["members"]):
+            if isinstance(m, Mapping) and "checkpoint" in m and "model" not in m:
+                m = {("model" if k == "checkpoint" else k): v for k, v in m.items()}  # an old spec
             m = _check_keys(m, MemberSpec, f"member {i}")
-            if "name" not in m or "checkpoint" not in m:
-                raise ConfigError(f"member {i} needs 'name' and 'checkpoint'")
+            if "name" not in m or "model" not in m:
+                raise ConfigError(f"member {i} needs 'name' and 'model'")
             members.append(MemberSpec(**m))
         d["members"] = members
         for key in ("weights", "temperatures"):
@@ -627,7 +618,10 @@ def save_spec(spec: CandidateSpec, path: str | os.PathLike) -> Path:
 
 
 def load_spec(path: str | os.PathLike) -> CandidateSpec:
-    """Read a spec YAML with ``yaml.safe_load`` and validate it; problems name the file."""
+    """Read a spec YAML with ``yaml.safe_load`` and validate it; problems name the file.
+
+    A member's ``checkpoint:`` key (specs written before it was ``model:``) reads as ``model``.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError("candidate spec not found", file=str(path))
@@ -736,7 +730,7 @@ def cross_fit_oof(
     arrays = check_member_probs(oof_probs)
     y = np.asarray(targets, dtype=np.int64)
     fold_ids = _outer_folds(y, folds, n_splits, seed)
-    members = [MemberSpec(name=f"m{i}", checkpoint="-") for i in range(len(arrays))]
+    members = [MemberSpec(name=f"m{i}", model="-") for i in range(len(arrays))]
     out = np.zeros_like(arrays[0])
     for f in np.unique(fold_ids):
         test = fold_ids == f
@@ -835,7 +829,7 @@ def evaluate_methods(
             cal = cross_fit_oof(arrays, y, calibrate=True, **kw)
             fit = None
             if method in ("weighted", "stacked"):
-                members = [MemberSpec(name=f"m{i}", checkpoint="-") for i in range(len(arrays))]
+                members = [MemberSpec(name=f"m{i}", model="-") for i in range(len(arrays))]
                 spec = fit_candidate(
                     "fit", members, arrays, y, method=method, merge=merge, objective=objective
                 )

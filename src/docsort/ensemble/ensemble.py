@@ -20,6 +20,7 @@ import numpy as np
 
 from docsort.core import storage
 from docsort.core.atomic import atomic_path, scratch_dir
+from docsort.core.choices import METHODS
 from docsort.core.errors import DocsortError
 from docsort.core.outputs import stage
 from docsort.core.probs import align, read_probs, write_probs
@@ -39,7 +40,7 @@ def _read_predict_json(pred: Path) -> dict:
 
 
 def _abs(path: str | os.PathLike) -> str:
-    """Checkpoints are recorded absolute (or as URIs) so a spec re-runs from any folder."""
+    """Models are recorded absolute (or as URIs) so a spec re-runs from any folder."""
     return str(path) if storage.is_s3(path) else str(Path(path).resolve())
 
 
@@ -103,7 +104,7 @@ def candidate_oof(spec: ens.CandidateSpec, oofs: Sequence[mem.OOF]) -> Candidate
         return CandidateOOF(ids, targets, folds, p, "shared")
     if fitted:
         return None
-    pids, ptargets, p, _ = mem.pooled([(o.ids, o.targets, o.probs) for o in oofs])
+    pids, ptargets, p = mem.pooled([(o.ids, o.targets, o.probs) for o in oofs])
     fold_of = {i: f for o in oofs for i, f in zip(o.ids, o.folds, strict=True)}
     return CandidateOOF(pids, ptargets, np.array([fold_of[i] for i in pids]), p, "pooled")
 
@@ -163,7 +164,7 @@ def ensemble(
     member alone vs soft / weighted / stacked / hard on OOF, with nested-CV
     scores and ECE before/after temperature scaling.
     """
-    ens.check_choice(method, ens.METHODS, "method")
+    ens.check_choice(method, METHODS, "method")
     if predictions:
         return _ensemble([Path(p) for p in predictions], Path(out), models=models, name=name, method=method, weights=weights,
                          objective=objective, merge=merge, calibrate=calibrate, report=report)  # fmt: skip
@@ -233,7 +234,7 @@ def _ensemble(
             Path(i["model"]) if i.get("model") and Path(i["model"]).exists() else None
             for i in infos
         ]
-    name = name or {"soft": "soft-vote", "hard": "hard-vote"}.get(method, method)
+    name = name or method
     tables = [read_probs(p / "probs.csv") for p in preds]
     ids = tables[0][0]
     member_probs = [
@@ -252,7 +253,7 @@ def _ensemble(
     )
     members = [
         ens.MemberSpec(
-            name=nm, checkpoint=_abs(m if m is not None else p), views=v if v != views[0] else None
+            name=nm, model=_abs(m if m is not None else p), views=v if v != views[0] else None
         )
         for nm, m, p, v in zip(names, model_dirs, preds, views, strict=True)
     ]
@@ -360,7 +361,7 @@ def ensemble_candidates(
     for method in methods:
         ensemble(
             predictions,
-            out / {"soft": "soft-vote", "hard": "hard-vote"}.get(method, method),
+            out / method,
             models=[m for m in models if m],
             method=method,
         )

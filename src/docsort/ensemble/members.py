@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from docsort.core.atomic import write_text_atomic
@@ -246,12 +245,12 @@ def predict_member(
 
 def pooled(
     tables: Sequence[tuple[Sequence[str], np.ndarray, np.ndarray]],
-) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per ID, the mean of the probabilities of the members that hold it out.
 
-    ``tables`` are ``(ids, targets, probs)``; returns ``(ids, targets, probs, holders)``.
-    Members trained on different folds share no OOF rows; pooling is then the
-    only OOF view of their combination (what one K-fold bundle's OOF is).
+    ``tables`` are ``(ids, targets, probs)``; returns ``(ids, targets, probs)``, IDs in
+    first-seen order. Members trained on different folds share no OOF rows; pooling
+    is then the only OOF view of their combination (what one K-fold bundle's OOF is).
     """
     order: dict[str, int] = {}
     for ids, _, _ in tables:
@@ -273,7 +272,7 @@ def pooled(
         target[rows] = t
         total[rows] += probs
         count[rows] += 1
-    return list(order), target, total / count[:, None], count
+    return list(order), target, total / count[:, None]
 
 
 def shared_rows(tables: Sequence[tuple[Sequence[str], np.ndarray, np.ndarray]]) -> list[str]:
@@ -282,8 +281,3 @@ def shared_rows(tables: Sequence[tuple[Sequence[str], np.ndarray, np.ndarray]]) 
     for ids, _, _ in tables[1:]:
         common &= set(ids)
     return [i for i in tables[0][0] if i in common]
-
-
-def frame_of(ids: Sequence[str], probs: np.ndarray) -> pd.DataFrame:
-    """Probabilities indexed by ID (for aligning tables)."""
-    return pd.DataFrame(probs, index=list(ids))

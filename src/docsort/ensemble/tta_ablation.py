@@ -23,20 +23,14 @@ import pandas as pd
 import yaml
 
 from docsort.core.atomic import atomic_path
+from docsort.core.choices import MERGES, VIEW_NAMES
+from docsort.core.csv_tables import read_table
 from docsort.core.errors import DocsortError
 from docsort.core.outputs import stage
 from docsort.core.stats import accuracy, fast_macro_f1, mcnemar_p
 from docsort.core.tables import text_table
-from docsort.data.contract import read_table
-from docsort.ensemble import combiners as ens
 from docsort.ensemble import members as mem
-from docsort.ensemble.combiners import (
-    MERGES,
-    VIEW_NAMES,
-    check_choice,
-    check_member_probs,
-    merge_probs,
-)
+from docsort.ensemble.combiners import check_choice, check_member_probs, merge_probs
 
 ROTATIONS = ("identity", "rot90", "rot180", "rot270")
 FLIPS = ("flip", "flip_rot90", "flip_rot180", "flip_rot270")
@@ -152,11 +146,13 @@ def tta_ablation(
 # ---------------------------------------------------------------- TTA ablation
 
 
-def _pooled_views(models: Sequence[str | os.PathLike]) -> tuple[list[str], dict[str, mem.OOFViews]]:
-    """Every member's per-view OOF logits, keyed by a unique member name."""
+def member_views(
+    models: Sequence[str | os.PathLike], names: Sequence[str] | None = None
+) -> dict[str, mem.OOFViews]:
+    """Every member's per-view OOF logits, keyed by ``names`` (default: unique member names)."""
     if not models:
         raise DocsortError("tta-ablation needs at least one model folder")
-    names = mem.unique_names([mem.member_name(m) for m in models])
+    names = names or mem.unique_names([mem.member_name(m) for m in models])
     found = {}
     for name, m in zip(names, models, strict=True):
         ov = mem.oof_views(m)
@@ -166,18 +162,18 @@ def _pooled_views(models: Sequence[str | os.PathLike]) -> tuple[list[str], dict[
                 file=str(m),
             )
         found[name] = ov
-    return names, found
+    return found
 
 
 def pooled_ablation(
-    views: dict[str, mem.OOFViews], merge: str = "mean", subsets: str = "all"
+    views: Mapping[str, mem.OOFViews], merge: str = "mean", subsets: str = "all"
 ) -> tuple[Ablation, int]:
-    """Ablation on the members' pooled OOF rows (per ID, mean over the members holding it out)."""
-    common = [v for v in ens.VIEW_NAMES if all(v in ov.logits for ov in views.values())]
+    """Ablation on the members' pooled OOF rows (:func:`docsort.ensemble.members.pooled`)."""
+    common = [v for v in VIEW_NAMES if all(v in ov.logits for ov in views.values())]
     per_view, targets, n = {}, None, 0
     probs = {name: ov.view_probs() for name, ov in views.items()}
     for v in common:
-        ids, targets, p, _ = mem.pooled(
+        ids, targets, p = mem.pooled(
             [(ov.ids, ov.targets, probs[name][v]) for name, ov in views.items()]
         )
         per_view[v], n = p, len(ids)
@@ -201,12 +197,12 @@ def ablate_tta(
     ``tta.views=[...]`` override), ``recommended.yaml`` and ``summary.txt``;
     ``summary`` gets the same text as Markdown (a KFP Markdown output).
     """
-    ens.check_choice(merge, ens.MERGES, "merge")
-    names, views = _pooled_views(models)
+    check_choice(merge, MERGES, "merge")
+    views = member_views(models)
     abl, n = pooled_ablation(views, merge, subsets)
     per_member = (
-        {name: pooled_ablation({name: views[name]}, merge, subsets)[0] for name in names}
-        if len(names) > 1
+        {name: pooled_ablation({name: ov}, merge, subsets)[0] for name, ov in views.items()}
+        if len(views) > 1
         else {}
     )
     if out is not None:

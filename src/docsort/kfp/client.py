@@ -3,7 +3,8 @@
 kfp's own CLI only accepts compiled YAML; ``docsort submit pipelines/sweep.py``
 closes that gap: it compiles the ``@dsl.pipeline`` in a ``.py`` file to a
 temporary YAML, checks ``--param k=v`` values against the pipeline's declared
-inputs (and converts them to the declared types), then calls ``kfp.Client``.
+inputs (:func:`docsort.kfp.runner.parse_params`, as ``run`` and ``compile`` do), then
+calls ``kfp.Client``.
 
 Authentication: a bearer token from ``KF_PIPELINES_TOKEN`` or
 ``DOCSORT_KFP_TOKEN`` (e.g. a Kubeflow service-account token behind the
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
-import json
 import logging
 import os
 import re
@@ -31,6 +31,7 @@ import yaml
 
 from docsort.core.errors import ConfigError, DocsortError, redact
 from docsort.kfp import runner as pipeline_runner
+from docsort.kfp.runner import input_defaults, parse_params, pipeline_inputs
 
 log = logging.getLogger(__name__)
 
@@ -88,95 +89,6 @@ def compile_to(
     out = Path(out_yaml)
     out.write_bytes(path.read_bytes())
     return out
-
-
-def pipeline_inputs(package: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Declared parameters of a compiled pipeline: name -> {type, default?, optional}."""
-    with open(package, encoding="utf-8") as f:
-        spec = next(yaml.safe_load_all(f))
-    params = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
-    return {
-        name: {
-            "type": p.get("parameterType", "STRING"),
-            "optional": bool(p.get("isOptional")) or "defaultValue" in p,
-            **({"default": p["defaultValue"]} if "defaultValue" in p else {}),
-        }
-        for name, p in params.items()
-    }
-
-
-# ---------------------------------------------------------------- parameters
-
-
-def parse_kv(items: Iterable[str]) -> dict[str, str]:
-    """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}`` (values stay strings)."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise DocsortError(f"--param {item!r}: expected NAME=VALUE")
-        out[key.strip()] = value
-    return out
-
-
-_TYPE_NAMES = {
-    "STRING": "a string",
-    "NUMBER_INTEGER": "an integer",
-    "NUMBER_DOUBLE": "a number",
-    "BOOLEAN": "true or false",
-    "LIST": "a JSON list",
-    "STRUCT": "a JSON object",
-}
-_BOOLS = {"true": True, "1": True, "yes": True, "on": True}
-_BOOLS |= {"false": False, "0": False, "no": False, "off": False}
-
-
-def _convert(name: str, value: str, kind: str) -> Any:
-    try:
-        if kind == "NUMBER_INTEGER":
-            return int(value)
-        if kind == "NUMBER_DOUBLE":
-            return float(value)
-        if kind == "BOOLEAN":
-            return _BOOLS[value.strip().lower()]
-        if kind in ("LIST", "STRUCT"):
-            parsed = json.loads(value)
-            if isinstance(parsed, list if kind == "LIST" else dict):
-                return parsed
-            raise ValueError(value)
-    except (ValueError, KeyError):
-        raise DocsortError(
-            f"--param {name}={value}: pipeline input {name!r} needs {_TYPE_NAMES[kind]}"
-        ) from None
-    return value
-
-
-def coerce_params(
-    params: Mapping[str, Any] | Iterable[str] | None, inputs: Mapping[str, Mapping[str, Any]]
-) -> dict[str, Any]:
-    """Check params against the pipeline's declared inputs and convert string values.
-
-    ``params`` is a mapping or ``k=v`` strings. Unknown names and missing
-    required inputs are refused before anything is sent.
-    """
-    if params is None:
-        params = {}
-    elif not isinstance(params, Mapping):
-        params = parse_kv(params)
-    unknown = sorted(set(params) - set(inputs))
-    if unknown:
-        raise DocsortError(
-            f"unknown pipeline parameter(s) {unknown}; the pipeline declares {sorted(inputs)}"
-        )
-    missing = sorted(n for n, spec in inputs.items() if not spec["optional"] and n not in params)
-    if missing:
-        raise DocsortError(
-            f"missing required pipeline parameter(s) {missing}: add --param NAME=VALUE"
-        )
-    return {
-        name: _convert(name, value, inputs[name]["type"]) if isinstance(value, str) else value
-        for name, value in params.items()
-    }
 
 
 # ---------------------------------------------------------------- cron
@@ -308,15 +220,16 @@ def _prepare(
     enable_caching: bool | None = None,
     images: Mapping[str, str | None] | None = None,
 ) -> tuple[Path, dict]:
-    from docsort.sweep.sweep import check_pipeline_params
+    from docsort.kfp.runner import check_pipeline_params
 
     package = compile_to(pipeline_file, Path(tmp) / "pipeline.yaml", **dict(images or {}))
     if enable_caching is not None:
         set_caching(package, enable_caching)
     inputs = pipeline_inputs(package)
-    arguments = coerce_params(params, inputs)
-    defaults = {k: v["default"] for k, v in inputs.items() if "default" in v}
-    check_pipeline_params({**defaults, **arguments})  # e.g. the sweep step's deadlines
+    arguments = parse_params(params, inputs, complete=True)
+    check_pipeline_params(
+        {**input_defaults(inputs), **arguments}
+    )  # e.g. the sweep step's deadlines
     return package, arguments
 
 

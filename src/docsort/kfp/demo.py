@@ -6,8 +6,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from docsort.core.csv_tables import read_table
 from docsort.core.errors import DocsortError
-from docsort.data.contract import read_table
 from docsort.kfp.runner import load_pipeline, packaged_pipeline, parse_params, run_local
 
 

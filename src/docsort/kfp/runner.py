@@ -10,17 +10,16 @@ from __future__ import annotations
 import builtins
 import collections
 import importlib.util
-import inspect
 import json
 import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from docsort.core.errors import DocsortError
+from docsort.core.errors import ConfigError, DocsortError
 from docsort.core.outputs import check_outputs, stage
 
 
@@ -63,66 +62,110 @@ def load_pipeline(path: str | os.PathLike):
     return found[0]
 
 
-def pipeline_inputs(pipeline) -> dict[str, Any]:
-    """Declared inputs of a pipeline function with their defaults."""
-    sig = inspect.signature(pipeline.pipeline_func)
-    return {
-        k: (None if p.default is inspect.Parameter.empty else p.default)
-        for k, p in sig.parameters.items()
-    }
+def pipeline_inputs(pipeline) -> dict[str, dict[str, Any]]:
+    """Declared parameters of a pipeline: name -> ``{type, optional, default?}``.
 
+    ``pipeline``: a loaded ``@dsl.pipeline`` (:func:`load_pipeline`) or a compiled
+    pipeline YAML file. Both are read from the compiled spec (``type`` is its
+    ``parameterType``: STRING, NUMBER_INTEGER, ...), so ``run``, ``compile``,
+    ``submit`` and ``schedule`` check ``--param`` against the same declarations.
+    """
+    if isinstance(pipeline, (str, os.PathLike)):
+        import yaml
 
-def parse_params(pairs: Sequence[str], pipeline=None) -> dict[str, Any]:
-    """``k=v`` strings to typed values (JSON where it parses: numbers, booleans, lists)."""
-    known = pipeline_inputs(pipeline) if pipeline is not None else None
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise DocsortError(f"--param {pair!r} must look like name=value")
-        if known is not None and key not in known:
-            raise DocsortError(
-                f"--param {key}: the pipeline has no such input; inputs: {', '.join(known)}"
-            )
-        default = known.get(key) if known else None
-        kind = _input_type(pipeline, key) if pipeline is not None else None
-        if kind == "String" or (kind is None and isinstance(default, str)):
-            out[key] = value
-            continue
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-        if kind is not None:
-            out[key] = _typed(key, value, out[key], kind)
+        with open(pipeline, encoding="utf-8") as f:
+            spec = next(yaml.safe_load_all(f))
+    else:
+        from google.protobuf import json_format
+
+        spec = json_format.MessageToDict(pipeline.pipeline_spec)
+    params = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    out: dict[str, dict[str, Any]] = {}
+    for name, p in params.items():
+        kind = p.get("parameterType", "STRING")
+        out[name] = {"type": kind, "optional": bool(p.get("isOptional")) or "defaultValue" in p}
+        if "defaultValue" in p:  # the spec stores every number as a double
+            default = p["defaultValue"]
+            if kind == "NUMBER_INTEGER" and isinstance(default, float) and default.is_integer():
+                default = int(default)
+            out[name]["default"] = default
     return out
 
 
-# KFP's parameter types (component_spec.inputs[...].type) and what a value of each must be
-_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "Integer": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    "Float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
-    "Boolean": ("true or false", lambda v: isinstance(v, bool)),
-    "List": ("a JSON list, e.g. [1,2]", lambda v: isinstance(v, list)),
-    "Dict": ('a JSON object, e.g. {"a": 1}', lambda v: isinstance(v, dict)),
+def input_defaults(inputs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The default values of :func:`pipeline_inputs` that have one."""
+    return {name: spec["default"] for name, spec in inputs.items() if "default" in spec}
+
+
+# What a value of each KFP parameter type must be, for the one-line refusal.
+_TYPE_NAMES = {
+    "STRING": "a string",
+    "NUMBER_INTEGER": "an integer",
+    "NUMBER_DOUBLE": "a number",
+    "BOOLEAN": "true or false",
+    "LIST": "a JSON list",
+    "STRUCT": "a JSON object",
 }
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True}
+_BOOLS |= {"false": False, "0": False, "no": False, "off": False}
 
 
-def _input_type(pipeline, key: str) -> str | None:
-    """The KFP type of a pipeline input (Integer, Float, Boolean, String, List, Dict), if known."""
-    spec = getattr(pipeline, "component_spec", None)
-    inp = getattr(spec, "inputs", None) or {}
-    return getattr(inp.get(key), "type", None)
+def _convert(name: str, value: str, kind: str) -> Any:
+    """A ``--param`` string as the declared type (strings and unknown types stay as given)."""
+    try:
+        if kind == "NUMBER_INTEGER":
+            return int(value)
+        if kind == "NUMBER_DOUBLE":
+            return float(value)
+        if kind == "BOOLEAN":
+            return _BOOLS[value.strip().lower()]
+        if kind in ("LIST", "STRUCT"):
+            parsed = json.loads(value)
+            if isinstance(parsed, list if kind == "LIST" else dict):
+                return parsed
+            raise ValueError(value)
+    except (ValueError, KeyError):
+        raise DocsortError(
+            f"--param {name}={value}: pipeline input {name!r} needs {_TYPE_NAMES[kind]}"
+        ) from None
+    return value
 
 
-def _typed(key: str, text: str, value: Any, kind: str) -> Any:
-    """``value`` if it is of the input's type (an integer for a Float becomes a float), else refused."""
-    if kind not in _TYPES:
-        return value
-    what, ok = _TYPES[kind]
-    if not ok(value):
-        raise DocsortError(f"--param {key}={text!r}: {key} takes {what} ({kind})")
-    return float(value) if kind == "Float" else value
+def parse_params(
+    params: Mapping[str, Any] | Iterable[str] | None, pipeline, *, complete: bool = False
+) -> dict[str, Any]:
+    """``--param NAME=VALUE`` items (or a mapping) checked and typed by the pipeline's inputs.
+
+    ``pipeline``: what :func:`pipeline_inputs` reads, or its result. Unknown names
+    are refused; string values become the declared type (a mapping's other values
+    are kept). ``complete``: the values are the run's, so a required input that is
+    missing is refused too (``compile`` leaves them for the run).
+    """
+    inputs = pipeline if isinstance(pipeline, Mapping) else pipeline_inputs(pipeline)
+    if params is None:
+        params = {}
+    elif not isinstance(params, Mapping):
+        pairs: dict[str, Any] = {}
+        for item in params:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise DocsortError(f"--param {item!r}: expected NAME=VALUE")
+            pairs[key.strip()] = value
+        params = pairs
+    unknown = sorted(set(params) - set(inputs))
+    if unknown:
+        raise DocsortError(
+            f"unknown pipeline parameter(s) {unknown}; the pipeline declares {sorted(inputs)}"
+        )
+    missing = sorted(n for n, spec in inputs.items() if not spec["optional"] and n not in params)
+    if complete and missing:
+        raise DocsortError(
+            f"missing required pipeline parameter(s) {missing}: add --param NAME=VALUE"
+        )
+    return {
+        name: _convert(name, value, inputs[name]["type"]) if isinstance(value, str) else value
+        for name, value in params.items()
+    }
 
 
 @stage("compile", inputs=("path",), files=("out_yaml",))
@@ -153,9 +196,7 @@ def compile_pipeline(
         pipeline = load_pipeline(path)  # the tasks read the image setting while being defined
         images.pin_images(pipeline.pipeline_spec.deployment_spec, chosen)
     if params is not None:  # `docsort compile --param ...` (submit checks with its own params)
-        from docsort.sweep.sweep import check_pipeline_params
-
-        check_pipeline_params({**pipeline_inputs(pipeline), **params})  # the sweep's deadlines
+        check_pipeline_params({**input_defaults(pipeline_inputs(pipeline)), **params})  # deadlines
     with atomic_path(out_yaml) as tmp:
         compiler.Compiler().compile(pipeline, str(tmp), pipeline_parameters=dict(params or {}))
         with open(tmp, encoding="utf-8") as f:
@@ -282,3 +323,31 @@ def run_local(
         builtins.print = real_print
     outputs = getattr(task, "outputs", None) or {}
     return outputs.get("Output") if isinstance(outputs, dict) else outputs
+
+
+def check_pipeline_params(
+    params: Mapping[str, Any], pod_deadline_s: int | None | str = "profile"
+) -> None:
+    """Compile/submit check of a pipeline with a sweep step (inputs ``space``, ``n_trials``,
+    ``sweep_timeout_s``, as in pipelines/sweep.py; others pass): the step's wait covers the
+    Experiment's worst case, and the step's pod deadline (default: the active k8s profile's
+    ``components.sweep.timeout_s``) covers the wait."""
+    if "space" not in params or "sweep_timeout_s" not in params:
+        return
+    if str(params.get("backend", "auto")) == "local":
+        return
+    if pod_deadline_s == "profile":
+        from docsort.components import k8s
+
+        pod_deadline_s = int(k8s.task_settings("sweep")["timeout_s"] or 0) or None
+    from docsort.sweep.sweep import sweep_wait_s
+
+    wait = sweep_wait_s(
+        str(params["space"]), int(params.get("n_trials") or 0) or None, params["sweep_timeout_s"]
+    )
+    if pod_deadline_s and pod_deadline_s < wait:
+        raise ConfigError(
+            f"the sweep step's pod deadline ({pod_deadline_s}s, k8s profile components.sweep."
+            f"timeout_s) is shorter than its wait for the Experiment ({wait:g}s, space="
+            f"{params['space']}): raise it to >= {wait:g}s or use fewer trials"
+        )

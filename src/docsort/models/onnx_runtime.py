@@ -19,8 +19,6 @@ from docsort.core.errors import ConfigError
 from docsort.models.onnx_export import INPUT, OUTPUT, export_onnx, read_metadata, weights_digest
 from docsort.models.tta import normalize, stack_views
 
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
 
 def ort_providers(
     device: str,

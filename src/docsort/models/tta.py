@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from docsort.core.config import VIEW_NAMES
+from docsort.core.choices import VIEW_NAMES
 from docsort.core.errors import ConfigError
 
 View = Callable[[torch.Tensor], torch.Tensor]
@@ -27,17 +27,23 @@ def _flip_rot(k: int) -> View:
     return lambda x: torch.rot90(torch.flip(x, dims=(-1,)), k, dims=(-2, -1))
 
 
-VIEWS: dict[str, View] = {
-    "identity": lambda x: x,
-    "rot90": _rot(1),
-    "rot180": _rot(2),
-    "rot270": _rot(3),
-    "flip": lambda x: torch.flip(x, dims=(-1,)),
-    "flip_rot90": _flip_rot(1),
-    "flip_rot180": _flip_rot(2),
-    "flip_rot270": _flip_rot(3),
-}
-assert tuple(VIEWS) == VIEW_NAMES
+#: View name -> the function making it; the names and their order are core.choices.VIEW_NAMES.
+VIEWS: dict[str, View] = dict(
+    zip(
+        VIEW_NAMES,
+        (
+            lambda x: x,
+            _rot(1),
+            _rot(2),
+            _rot(3),
+            lambda x: torch.flip(x, dims=(-1,)),
+            _flip_rot(1),
+            _flip_rot(2),
+            _flip_rot(3),
+        ),
+        strict=True,
+    )
+)
 
 # Forward-pass batch (views x images) that keeps a CPU's cores busy without spilling
 # activations out of cache, in "images of 160 px" (scaled by image area); GPUs want more.

@@ -1,4 +1,4 @@
-"""The demo pipeline: sample data -> prepare -> 2 members (ParallelFor) -> TTA predict -> ensemble -> hard cases -> submit.
+"""The demo pipeline: sample data -> prepare -> 2 members (ParallelFor) -> TTA predict -> ensemble -> hard cases -> submission.
 
 Run it locally with ``docsort run pipelines/demo.py --local`` (or ``docsort demo``);
 compile it with ``docsort compile pipelines/demo.py -o demo.yaml``.
@@ -6,16 +6,12 @@ compile it with ``docsort compile pipelines/demo.py -o demo.yaml``.
 
 from kfp import dsl
 
+from docsort.components.data import prepare_op, sample_data_op
+from docsort.components.ensemble import ensemble_op
 from docsort.components.k8s import apply
-from docsort.components.stages import (
-    ensemble_op,
-    hardcases_op,
-    predict_op,
-    prepare_op,
-    sample_data_op,
-    submit_op,
-    train_op,
-)
+from docsort.components.predict import predict_op
+from docsort.components.review import compare_candidate_folder_op, submission_op
+from docsort.components.train import train_op
 
 DEFAULT_MEMBERS = [
     "experiment=demo model=resnet18 fold=0 seed=1",
@@ -54,12 +50,14 @@ def demo_pipeline(
         methods="soft,hard",
     ).set_display_name("ensemble")
     apply(cands)
-    cmp = hardcases_op(prepared=prep.outputs["prepared"], candidates=cands.outputs["candidates"])
-    apply(cmp.set_display_name("hardcases"))
-    sub = submit_op(
+    cmp = compare_candidate_folder_op(
+        prepared=prep.outputs["prepared"], candidates=cands.outputs["candidates"]
+    )
+    apply(cmp.set_display_name("compare-candidates"))
+    sub = submission_op(
         prepared=prep.outputs["prepared"],
         comparison=cmp.outputs["comparison"],
         output_root=output_root,
     )
-    apply(sub.set_display_name("submit"))
+    apply(sub.set_display_name("submission"))
     return sub.outputs["submission"]

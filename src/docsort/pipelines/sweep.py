@@ -5,15 +5,15 @@ Katib Experiment on a cluster (trials visible in the Katib UI) or as the local
 Optuna twin; ``backend=auto`` picks Katib inside Kubernetes and the local twin
 under kfp.local. The best trial's overrides then train one member per fold.
 
-Locally: ``docsort run pipelines/sweep.py --local --param data_uri=DATA --param space=cpu_small``.
-On a cluster: ``docsort submit pipelines/sweep.py --host URL --param data_uri=s3://...``.
+Locally: ``docsort run pipelines/sweep.py --local --param data_root=DATA --param space=cpu_small``.
+On a cluster: ``docsort submit pipelines/sweep.py --host URL --param data_root=s3://...``.
 """
 
 from kfp import dsl
 
 from docsort.components.graph import trained_folds, versioned_prepare
 from docsort.components.k8s import apply
-from docsort.components.stages import sweep_op
+from docsort.components.sweep import sweep_op
 
 
 @dsl.pipeline(
@@ -21,7 +21,7 @@ from docsort.components.stages import sweep_op
     description="docsort: prepare, Katib (or local Optuna) sweep, train the best config on K folds, report.",
 )
 def sweep_pipeline(
-    data_uri: str,
+    data_root: str,
     space: str = "default",
     backend: str = "auto",
     n_trials: int = 0,
@@ -39,7 +39,7 @@ def sweep_pipeline(
     ``data_overrides`` apply to prepare, every trial and the final members;
     ``sweep_overrides`` to every trial (and so to the best config);
     ``train_overrides`` only to the final members (e.g. more epochs)."""
-    prep = versioned_prepare(data_uri, data_overrides)
+    prep = versioned_prepare(data_root, data_overrides)
     sweep = sweep_op(
         prepared=prep.outputs["prepared"], space=space, backend=backend, n_trials=n_trials,
         overrides=data_overrides, extra_overrides=sweep_overrides,

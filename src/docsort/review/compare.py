@@ -31,12 +31,13 @@ import numpy as np
 import pandas as pd
 
 from docsort.core.atomic import atomic_path
+from docsort.core.csv_tables import read_table
 from docsort.core.errors import DocsortError
 from docsort.core.outputs import stage
 from docsort.core.probs import align, read_probs
 from docsort.core.stats import macro_f1, paired_compare
 from docsort.core.tables import fmt_cell, text_table
-from docsort.data.contract import read_meta, read_table
+from docsort.data.contract import read_meta
 from docsort.data.prepared import Prepared
 from docsort.ensemble.candidate import expand_candidates
 
@@ -195,7 +196,7 @@ def _decide(stats: pd.DataFrame) -> tuple[list[str], str]:
     return ranked, text + "\n".join(f"  {s}" for s in steps)
 
 
-def compare_candidates(
+def score_candidates(
     ids: Sequence[str],
     targets: Sequence[int],
     candidate_probs: Mapping[str, np.ndarray],
@@ -296,7 +297,7 @@ def compare_candidates(
     folder="out",
     files=("summary",),
 )
-def compare_hardcases(
+def compare_candidates(
     prepared: str | os.PathLike,
     candidates: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -343,7 +344,7 @@ def compare_hardcases(
         )
         members[name] = int(info["members"])
         dirs[name] = c
-    cmp = compare_candidates(
+    cmp = score_candidates(
         hard["ID"].tolist(), np.asarray(hard["target"], dtype=np.int64), cand_probs, class_names=meta.class_names,
         notes=hard["note"].tolist(), kinds=hard["kind"].tolist(), oof_macro_f1=oof, members=members,
     )  # fmt: skip
@@ -380,7 +381,7 @@ def compare_hardcases(
 
 
 def load_comparison(folder: str | os.PathLike) -> Comparison:
-    """Read a comparison folder written by :func:`compare_hardcases` back (for the report)."""
+    """Read a comparison folder written by :func:`compare_candidates` back (for the report)."""
     folder = Path(folder)
     for name in ("per_image.csv", "per_candidate.csv", "pairwise.csv", "winner.json"):
         if not (folder / name).is_file():

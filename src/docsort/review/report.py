@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from docsort.core import storage
+from docsort.core.choices import REPORT_SETS
+from docsort.core.csv_tables import read_table
 from docsort.core.errors import DocsortError
 from docsort.core.outputs import stage
 from docsort.core.probs import align, read_probs
-from docsort.data.contract import read_table
 from docsort.data.prepared import Prepared
 from docsort.ensemble import combiners as ens
 from docsort.ensemble import members as mem
-from docsort.ensemble.tta_ablation import Ablation, load_ablation, pooled_ablation
+from docsort.ensemble.tta_ablation import Ablation, load_ablation, member_views, pooled_ablation
 from docsort.review.compare import load_comparison
+from docsort.review.hardcases import Verdicts, current_hardcases
 
 # ---------------------------------------------------------------- error report
 
@@ -39,22 +43,17 @@ class ReportResult:
     hardcases: tuple[str, ...] = ()  # which hard-case file(s) it used, with how many verdicts
 
 
-ON_CHOICES = ("auto", "oof", "test", "hardcases")
-
-
 def _labelled_set(
-    prep: Prepared, cand: Path, on: str, hardcases: str | os.PathLike | None = None
+    prep: Prepared, cand: Path, on: str, verdicts: Callable[[], Verdicts]
 ) -> tuple[str, list[str], np.ndarray, np.ndarray, str, str | None]:
     """(kind, ids, targets, probs, split) the report is computed on; ``auto`` takes the first available.
 
     Order for ``auto``: the candidate's OOF predictions on the training images
     (the largest labelled set, and where wrong training labels show up), then
-    the test labels (demo data only), then the hard cases: the current file
-    (:func:`docsort.review.hardcases.current_hardcases`), whose description is the last item.
+    the test labels (demo data only), then the hard cases: ``verdicts()``, the
+    current file, whose description is the last item.
     """
-    from docsort.review.hardcases import current_hardcases
-
-    ens.check_choice(on, ON_CHOICES, "report set")
+    ens.check_choice(on, REPORT_SETS, "report set")
     order = ["oof", "test", "hardcases"] if on == "auto" else [on]
     for kind in order:
         if kind == "oof" and (cand / "oof.csv").is_file():
@@ -69,12 +68,12 @@ def _labelled_set(
                     continue
                 labels = read_table(f, required=("target",))
             else:
-                verdicts = current_hardcases(prep, hardcases)
-                labels = verdicts.rows
+                current = verdicts()
+                labels = current.rows
                 labels = labels[
                     labels["ID"].isin(set(prep.test_ids)) & (labels["kind"] != "label_error")
                 ]
-                used = verdicts.describe(len(labels))
+                used = current.describe(len(labels))
             if labels.empty:
                 continue
             ids, probs, _ = read_probs(cand / "probs.csv")
@@ -140,17 +139,14 @@ def _candidate_ablation(cand: Path) -> Ablation | None:
     if not spec_path.is_file():
         return None
     spec = ens.load_spec(spec_path)
-    paths = [m.checkpoint for m in spec.members]
+    paths = [m.model for m in spec.members]
     if any(storage.is_s3(p) or not Path(p).exists() for p in paths):
         return None
     try:
-        views = {
-            n: mem.oof_views(p)
-            for n, p in zip(mem.unique_names([m.name for m in spec.members]), paths, strict=True)
-        }
-    except DocsortError:
+        views = member_views(paths, mem.unique_names([m.name for m in spec.members]))
+    except DocsortError:  # a member without per-view OOF logits: nothing to ablate
         return None
-    if any(v is None or "identity" not in v.logits for v in views.values()):
+    if any("identity" not in v.logits for v in views.values()):
         return None
     return pooled_ablation(views, spec.tta_merge, "all")[0]
 
@@ -207,10 +203,12 @@ def error_report(
         if (cand / "candidate.json").is_file()
         else cand.name
     )
-    kind, ids, targets, probs, split, used = _labelled_set(prep, cand, on, hardcases)
+    # The current hard-case file, read at most once: the labelled set and the comparison's check share it.
+    verdicts = functools.cache(functools.partial(current_hardcases, prep, hardcases))
+    kind, ids, targets, probs, split, used = _labelled_set(prep, cand, on, verdicts)
     cmp = load_comparison(comparison) if comparison is not None else None
     said = ([used] if used else []) + (
-        [_comparison_verdicts(prep, Path(comparison), hardcases)] if comparison is not None else []
+        [_comparison_verdicts(Path(comparison), verdicts)] if comparison is not None else []
     )
     abl = load_ablation(ablation) if ablation is not None else _candidate_ablation(cand)
     tables = []
@@ -257,19 +255,15 @@ def error_report(
     return result
 
 
-def _comparison_verdicts(
-    prep: Prepared, comparison: Path, hardcases: str | os.PathLike | None
-) -> str:
-    """Which hard-case file a comparison used, and whether that file has changed since."""
-    from docsort.review.hardcases import current_hardcases
-
+def _comparison_verdicts(comparison: Path, verdicts: Callable[[], Verdicts]) -> str:
+    """Which hard-case file a comparison used, and whether that file (``verdicts()``) has changed since."""
     record = json.loads((comparison / "winner.json").read_text())
     file, n = record.get("hardcases_file"), record.get("hardcases_verdicts")
     line = f"hard cases in the comparison: {file or 'unknown file'}" + (
         f" ({n} verdicts, {record.get('hardcases')} used)" if n is not None else ""
     )
     with contextlib.suppress(DocsortError):  # a broken current file is for compare to refuse
-        now = current_hardcases(prep, hardcases)
+        now = verdicts()
         if now.sha256 != record.get("hardcases_sha256"):
             line += f"; {now.file} has changed since: run `docsort hardcases compare` again"
     return line

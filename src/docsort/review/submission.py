@@ -1,4 +1,4 @@
-"""Stage ``submit``: a validated submission file, versioned, with its lineage.
+"""Stage ``submission``: a validated submission file, versioned, with its lineage.
 
 Layout under the output root (a folder or ``s3://`` prefix)::
 
@@ -16,8 +16,8 @@ and a failure at any point (an S3 endpoint dying mid-upload, a full disk)
 leaves ``latest`` pointing at a complete submission. What a failed run can
 leave is a lineage record without its CSV, which nothing treats as a submission.
 
-Every route (``docsort submission``, ``docsort candidate submit``, the
-pipelines' submit task) goes through :func:`submit`, which reads the lineage
+Every route (``docsort submission``, ``docsort candidate submission``, the
+pipelines' submission task) goes through :func:`write_submission`, which reads the lineage
 from the files beside ``probs.csv``: the candidate spec (``candidate.yaml``)
 or a single model's ``predict.json``.
 """
@@ -42,10 +42,11 @@ import pandas as pd
 
 from docsort import __version__
 from docsort.core import storage
+from docsort.core.csv_tables import read_csv
 from docsort.core.errors import DocsortError
 from docsort.core.outputs import stage
 from docsort.core.probs import align, read_probs
-from docsort.data.contract import Meta, parse_ids, read_csv, read_meta
+from docsort.data.contract import Meta, parse_ids, read_meta
 from docsort.data.prepared import Prepared
 from docsort.ensemble import combiners as ens
 from docsort.ensemble import members as mem
@@ -131,16 +132,14 @@ def lineage_of(probs: str | os.PathLike) -> dict:
     ``candidate.yaml`` (a candidate folder from ``docsort ensemble`` or
     ``candidate run``) gives the spec, its members' checkpoint hashes and TTA
     views; ``predict.json`` (one model's ``docsort predict`` folder) gives the
-    model and its views. A table with neither is still submitted (it may come
-    from outside docsort), but its lineage says ``"spec": null`` and why.
+    model and its views. A table with neither still gets a submission (it may
+    come from outside docsort), but its lineage says ``"spec": null`` and why.
     """
-    from docsort.ensemble import combiners as ens
-
     folder = Path(probs).parent
     spec_file = folder / "candidate.yaml"
     if spec_file.is_file():
         spec = ens.load_spec(spec_file)
-        checkpoints = {k: v for m in spec.members for k, v in _hashes(m.checkpoint).items()}
+        checkpoints = {k: v for m in spec.members for k, v in _hashes(m.model).items()}
         views = list(dict.fromkeys(v for i in range(len(spec.members)) for v in spec.views_of(i)))
         return {"name": spec.name, "spec_file": str(spec_file.resolve()), "spec": spec.to_dict(),
                 "checkpoints": checkpoints, "tta_views": views}  # fmt: skip
@@ -162,15 +161,14 @@ def lineage_of(probs: str | os.PathLike) -> dict:
                          "where these probabilities came from is unknown"}  # fmt: skip
 
 
-def _hashes(checkpoint: str) -> dict[str, str | None]:
+def _hashes(model: str) -> dict[str, str | None]:
     """sha256 of a member's weight files; ``None`` for one that cannot be hashed here (an S3 URI)."""
-
-    if not storage.is_s3(checkpoint) and Path(checkpoint).is_dir():
+    if not storage.is_s3(model) and Path(model).is_dir():
         with contextlib.suppress(DocsortError):  # not a model folder: recorded by path below
-            return {str(f): _sha256(f) for f in mem.checkpoint_files(checkpoint)}
-    if not storage.is_s3(checkpoint) and Path(checkpoint).is_file():
-        return {checkpoint: _sha256(Path(checkpoint))}
-    return {checkpoint: None}
+            return {str(f): _sha256(f) for f in mem.checkpoint_files(model)}
+    if not storage.is_s3(model) and Path(model).is_file():
+        return {model: _sha256(Path(model))}
+    return {model: None}
 
 
 def version_name(candidate: str, now: dt.datetime | None = None) -> str:
@@ -180,7 +178,7 @@ def version_name(candidate: str, now: dt.datetime | None = None) -> str:
 
 
 @stage("submission", inputs=("prepared", "probs"), folder="out", mode="add")
-def submit(
+def write_submission(
     prepared: str | os.PathLike,
     probs: str | os.PathLike,
     out: str,
@@ -288,29 +286,29 @@ def latest(out: str) -> str | None:
 
 
 @stage("submission", inputs=("prepared", "candidate"), folder="out", mode="add")
-def submit_candidate(
+def write_candidate_submission(
     prepared: str | os.PathLike,
     candidate: str | os.PathLike,
     out: str,
     *,
     version: str | None = None,
 ) -> str:
-    """Submit a candidate folder: :func:`docsort.review.submission.submit` on its probs.csv (lineage from its spec)."""
+    """A candidate folder's submission: :func:`write_submission` of its probs.csv (lineage from its spec)."""
     cand = Path(candidate)
     ens.load_spec(cand / "candidate.yaml")  # a candidate folder must carry its spec
-    return submit(prepared, cand / "probs.csv", str(out), version=version)
+    return write_submission(prepared, cand / "probs.csv", str(out), version=version)
 
 
-def submit_winner(
+def write_winner_submission(
     prepared: str | os.PathLike,
     comparison: str | os.PathLike,
     out: str | os.PathLike,
     output_root: str | None = None,
 ) -> str:
-    """Submit the winning candidate of a hard-case comparison (also to ``output_root`` if given, same version name)."""
+    """The submission of a hard-case comparison's winner (also to ``output_root`` if given, same version name)."""
     winner = Path(comparison) / "winner"
-    uri = submit_candidate(prepared, winner, str(out))
+    uri = write_candidate_submission(prepared, winner, str(out))
     if output_root:
         version = uri.rsplit("/", 1)[-1].removesuffix(".csv")
-        uri = submit_candidate(prepared, winner, output_root, version=version)
+        uri = write_candidate_submission(prepared, winner, output_root, version=version)
     return uri

@@ -176,14 +176,6 @@ def check_wait(experiment: Mapping[str, Any], wait_s: float, what: str = "the sw
         )
 
 
-def rbac_rules() -> list[dict[str, list[str]]]:
-    """:data:`REQUIRED_RBAC` as Kubernetes Role ``rules``."""
-    return [
-        {"apiGroups": [r["apiGroup"]], "resources": [r["resource"]], "verbs": list(r["verbs"])}
-        for r in REQUIRED_RBAC
-    ]
-
-
 def _trial_param_name(key: str, taken: set[str]) -> str:
     """``train.lr`` -> ``train_lr``: the ``${trialParameters.X}`` name of a Hydra key."""
     base = re.sub(r"[^A-Za-z0-9]", "_", key)
@@ -301,7 +293,7 @@ def build_experiment(
     space: str | Mapping[str, Any] | SearchSpace,
     name: str | None = None,
     namespace: str = "",
-    data_uri: str | None = None,
+    prepared: str | None = None,
     image: str | None = None,
     fixed_overrides: Sequence[str] = (),
     gpu: int | None = None,
@@ -318,7 +310,7 @@ def build_experiment(
 ) -> dict[str, Any]:
     """The Katib ``Experiment`` for ``space`` as a plain dict (for ``kubectl apply`` or the API).
 
-    Each trial runs ``docsort train DATA_URI --out TRIAL_OUT fold=0 <overrides>
+    Each trial runs ``docsort train --prepared PREPARED --out TRIAL_OUT fold=0 <overrides>
     <param>=${trialParameters.x}``; with ``trials_uri`` (an ``s3://`` prefix, e.g.
     ``<sweep output>/trials``) TRIAL_OUT is ``<trials_uri>/<trial name>``, so each
     trial's member and metrics outlive its pod. ``namespace`` defaults to the one
@@ -331,8 +323,8 @@ def build_experiment(
     spec, so re-submitting the same sweep adopts the existing Experiment.
     """
     sp = load_space(space)
-    if not data_uri:
-        raise ConfigError("build_experiment needs data_uri (the prepared data the trials read)")
+    if not prepared:
+        raise ConfigError("build_experiment needs prepared (the prepared folder the trials read)")
     namespace = resolve_namespace(namespace)
     if trials_uri:
         if not trials_uri.startswith("s3://"):
@@ -357,7 +349,8 @@ def build_experiment(
     argv = [
         "docsort",
         "train",
-        data_uri,
+        "--prepared",
+        prepared,
         "--out",
         trial_out,
         *trial_overrides(sp, fixed_overrides, param_args),
@@ -386,7 +379,7 @@ def build_experiment(
     trial_env += [{"name": str(k), "value": str(v)} for k, v in (env or {}).items()]
     for secret, keys in secrets.items():
         # Trials read S3 only for s3:// data; W&B stays offline without its key.
-        optional = not (secret == "docsort-s3" and data_uri.startswith("s3://"))
+        optional = not (secret == "docsort-s3" and prepared.startswith("s3://"))
         trial_env += [
             {
                 "name": k,
@@ -522,7 +515,7 @@ def build_experiment(
                 "app.kubernetes.io/component": "sweep",
                 "docsort.io/space": _slug(sp.name)[:63],
             },
-            annotations={SPEC_HASH_ANNOTATION: digest, "docsort.io/data": data_uri},
+            annotations={SPEC_HASH_ANNOTATION: digest, "docsort.io/data": prepared},
         ),
         spec=spec,
     )

@@ -59,12 +59,13 @@ Command = Callable[[str, Path, list[str]], list[str]]
 
 
 def default_command(prepared: str, trial_dir: Path, overrides: list[str]) -> list[str]:
-    """``python -m docsort.cli.main train PREPARED --out DIR overrides...`` with this interpreter."""
+    """``python -m docsort.cli.main train --prepared PREPARED --out DIR overrides...`` with this interpreter."""
     return [
         sys.executable,
         "-m",
         "docsort.cli.main",
         "train",
+        "--prepared",
         prepared,
         "--out",
         str(trial_dir),

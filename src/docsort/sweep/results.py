@@ -36,6 +36,8 @@ STATES = ("succeeded", "pruned", "failed", "metrics_unavailable", "killed", "run
 TRIAL_RECORD = "trial.json"
 #: Trial folders under a sweep's output: ``<sweep output>/trials/<trial name>/``.
 TRIALS_DIR = "trials"
+#: In the sweep step's result: the best trial's whole override list without ``fold``.
+BEST_OVERRIDES = "best_overrides.txt"
 #: Not copied to S3: resume state (optimizer included), useless once the trial is over.
 _NOT_KEPT = ("checkpoints",)
 
@@ -219,7 +221,7 @@ def keep_member(local: str | os.PathLike, uri: str, record: Mapping[str, Any]) -
 
 
 def train_to_s3(prepared: str | os.PathLike, uri: str, overrides: Sequence[str] = ()) -> str:
-    """``docsort train PREPARED --out s3://...``: train in scratch space, keep the member on S3.
+    """``docsort train --prepared PREPARED --out s3://...``: train in scratch space, keep the member on S3.
 
     A Katib trial's pod is gone once the trial ends; its member and metrics stay
     under ``uri`` (``<sweep output>/trials/<trial name>/``), complete once
@@ -296,3 +298,45 @@ def reuse_member(
         shutil.copytree(uri, dest, dirs_exist_ok=True)
     log.info("reusing the sweep's best trial %s for fold %s (same overrides and data)", uri, fold)
     return uri
+
+
+#: The member scores the pipeline's train step logs as KFP metrics.
+MEMBER_METRICS = ("val_macro_f1", "val_loss", "oof_tta_macro_f1")
+
+
+@dataclass
+class Member:
+    """What the pipeline's train step made: the overrides it trained with and its scores."""
+
+    overrides: list[str]
+    metrics: dict[str, float]
+    #: The sweep trial's member it copied instead of training, if any.
+    reused: str | None = None
+
+
+def train_member(
+    prepared: str | os.PathLike,
+    out: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    *,
+    fold: int = -1,
+    sweep: str | os.PathLike | None = None,
+) -> Member:
+    """The pipeline's train step: one member with a ``sweep`` result's best config (when
+    given), then ``overrides``, then ``fold=<fold>`` when ``fold >= 0``.
+
+    The sweep's best trial already trained this member when its overrides, fold and
+    data match (:func:`reuse_member`); it is copied then, not trained again.
+    """
+    from docsort.train.train import train
+
+    best = (Path(sweep) / BEST_OVERRIDES).read_text().split() if sweep is not None else []
+    args = [*best, *overrides, *([f"fold={fold}"] if fold >= 0 else [])]
+    kept = None
+    if sweep is not None and fold >= 0:
+        kept = reuse_member(sweep, fold, args, prepared, out)
+    if kept is None:
+        train(prepared, out, args)
+    result = json.loads((Path(out) / "metrics.json").read_text())
+    metrics = {k: float(result[k]) for k in MEMBER_METRICS if k in result}
+    return Member(args, metrics, kept)

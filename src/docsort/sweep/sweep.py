@@ -12,19 +12,22 @@ rule. Both backends return a :class:`SweepResult` and write ``trials.csv`` and
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from docsort.core import storage
-from docsort.core.errors import ConfigError
+from docsort.core.errors import ConfigError, DocsortError
 from docsort.core.outputs import stage
 from docsort.sweep.local import default_command, run_local_sweep
 from docsort.sweep.results import (
+    BEST_OVERRIDES,
     SweepFailed,
     SweepResult,
     read_trial_record,
@@ -32,7 +35,7 @@ from docsort.sweep.results import (
     write_outputs,
 )
 
-# The sweep API in one place; the parts live in search_space, sweep_results and sweep_local.
+# The sweep API in one place; the parts live in search_space, results and local.
 from docsort.sweep.search_space import (
     METRICS_FORMAT,
     SearchSpace,
@@ -49,6 +52,7 @@ __all__ = [
     "SearchSpace",
     "SweepFailed",
     "SweepResult",
+    "SweepStep",
     "check_space_against_config",
     "default_command",
     "dry_run_yaml",
@@ -60,6 +64,7 @@ __all__ = [
     "run_katib_sweep",
     "run_local_sweep",
     "run_sweep",
+    "sweep_step",
     "sweep_wait_s",
     "trial_overrides",
     "write_outputs",
@@ -72,7 +77,7 @@ log = logging.getLogger(__name__)
 
 
 def dry_run_yaml(
-    data_uri: str,
+    prepared: str,
     space: str | os.PathLike | Mapping[str, Any] | SearchSpace = "default",
     *,
     name: str | None = None,
@@ -95,7 +100,7 @@ def dry_run_yaml(
         sp,
         name=name,
         namespace=namespace,
-        data_uri=data_uri,
+        prepared=prepared,
         image=image,
         fixed_overrides=fixed_overrides,
         gpu=gpu,
@@ -139,9 +144,9 @@ def with_pod(
     return replace(space, trial=trial)
 
 
-@stage("sweep", inputs=("data_uri",), folder="out_dir", mode="add")
+@stage("sweep", inputs=("prepared",), folder="out_dir", mode="add")
 def run_katib_sweep(
-    data_uri: str,
+    prepared: str,
     space: str | os.PathLike | Mapping[str, Any] | SearchSpace,
     out_dir: str | os.PathLike,
     *,
@@ -179,7 +184,7 @@ def run_katib_sweep(
         sp,
         name=name,
         namespace=namespace,
-        data_uri=data_uri,
+        prepared=prepared,
         image=image,
         fixed_overrides=fixed_overrides,
         gpu=gpu,
@@ -213,7 +218,7 @@ def run_katib_sweep(
 
 
 def run_sweep(
-    data: str,
+    prepared: str,
     space: str | os.PathLike | Mapping[str, Any] | SearchSpace,
     out_dir: str | os.PathLike,
     *,
@@ -223,10 +228,94 @@ def run_sweep(
 ) -> SweepResult:
     """The sweep stage: ``backend="local"`` (Optuna) or ``"katib"`` (cluster), same outputs."""
     if backend == "local":
-        return run_local_sweep(data, space, out_dir, fixed_overrides=fixed_overrides, **kwargs)
+        return run_local_sweep(prepared, space, out_dir, fixed_overrides=fixed_overrides, **kwargs)
     if backend == "katib":
-        return run_katib_sweep(data, space, out_dir, fixed_overrides=fixed_overrides, **kwargs)
+        return run_katib_sweep(prepared, space, out_dir, fixed_overrides=fixed_overrides, **kwargs)
     raise ConfigError(f"unknown sweep backend {backend!r}; choose from ['katib', 'local']")
+
+
+# --------------------------------------------------------------------------- the pipeline step
+
+#: Env of the pipeline's sweep task: JSON pod settings for its Katib trials
+#: (set by :func:`docsort.components.k8s.apply` as ``k8s.TRIAL_POD_ENV``).
+TRIAL_POD_ENV = "DOCSORT_TRIAL_POD"
+
+
+@dataclass
+class SweepStep:
+    """What the pipeline's sweep step found: the result, the best config and what to log."""
+
+    result: SweepResult
+    #: The best trial's overrides without ``fold`` (fixed overrides included), as written to ``best_overrides.txt``.
+    best_overrides: list[str]
+    metrics: dict[str, float]
+    metadata: dict[str, str]
+
+
+def _s3(uri: str) -> str:
+    """KFP names MinIO artifacts ``minio://``; boto3 and the trials read them as ``s3://``."""
+    return uri.replace("minio://", "s3://", 1)
+
+
+def sweep_step(
+    prepared: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    prepared_uri: str = "",
+    out_uri: str = "",
+    space: str = "default",
+    backend: str = "auto",
+    n_trials: int = 0,
+    fixed_overrides: Sequence[str] = (),
+    namespace: str = "",
+    timeout_s: float = 0,
+) -> SweepStep:
+    """The pipeline's sweep step: run the sweep, then write ``best_overrides.txt`` beside its outputs.
+
+    ``prepared``/``out_dir`` are the task's local paths, ``prepared_uri``/``out_uri`` the
+    same artifacts' URIs. ``auto`` picks Katib inside a Kubernetes pod and the local twin
+    elsewhere (kfp.local). Katib trials read the prepared data by its S3 URI and keep
+    their members beside the result (``<task output>/trials/<trial>/``, so the result
+    stays small for the steps that download it). ``n_trials``/``timeout_s``: 0 = the
+    space's count and the Experiment's worst case; a shorter wait is refused before the
+    Experiment is created.
+    """
+    if backend == "auto":
+        backend = "katib" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
+    fixed = list(fixed_overrides)
+    if backend == "katib":
+        uri = _s3(str(prepared_uri))
+        if not uri.startswith("s3://"):
+            raise DocsortError(
+                f"Katib trials read the prepared data from S3, but it is at {uri}: use an s3:// pipeline root"
+            )
+        pod = json.loads(os.environ.get(TRIAL_POD_ENV) or "{}")
+        wait = sweep_wait_s(space, n_trials or None, timeout_s)  # refuses one too short for it
+        result_uri = _s3(str(out_uri)).rstrip("/")
+        trials = (
+            result_uri.rsplit("/", 1)[0] + "/trials" if result_uri.startswith("s3://") else None
+        )
+        found = run_sweep(uri, space, out_dir, backend="katib", fixed_overrides=fixed, namespace=namespace,
+                          timeout_s=wait, n_trials=n_trials or None, pod=pod, trials_uri=trials)  # fmt: skip
+    else:
+        found = run_sweep(prepared, space, out_dir, backend=backend, fixed_overrides=fixed,
+                          n_trials=n_trials or None, timeout_s=timeout_s or None)  # fmt: skip
+    best = [
+        o
+        for o in trial_overrides(load_space(space), fixed, found.overrides)
+        if override_key(o) != "fold"
+    ]
+    (Path(out_dir) / BEST_OVERRIDES).write_text(" ".join(best) + "\n")
+    metrics = {f"best_{found.metric}": float(found.value)}
+    states = found.trials["state"].value_counts().to_dict()
+    for state in ("succeeded", "pruned", "failed"):
+        metrics[f"trials_{state}"] = int(states.get(state, 0))
+    metadata = {
+        "backend": found.backend,
+        "experiment": found.experiment or "",
+        "best_overrides": " ".join(best),
+    }
+    return SweepStep(found, best, metrics, metadata)
 
 
 # --------------------------------------------------------------------------- deadlines
@@ -237,7 +326,7 @@ def _experiment(space: Any, n_trials: int | None) -> dict[str, Any]:
 
     # Only the counts and the trial deadline matter here; placeholders fill the rest.
     return katib.build_experiment(
-        with_trials(load_space(space), n_trials), namespace="x", data_uri="s3://x/x", name="x"
+        with_trials(load_space(space), n_trials), namespace="x", prepared="s3://x/x", name="x"
     )
 
 
@@ -254,29 +343,3 @@ def sweep_wait_s(space: Any, n_trials: int | None, timeout_s: float | None = Non
         return float(worst)
     katib.check_wait(exp, float(timeout_s), "the sweep step (sweep_timeout_s)")
     return float(timeout_s)
-
-
-def check_pipeline_params(
-    params: Mapping[str, Any], pod_deadline_s: int | None | str = "profile"
-) -> None:
-    """Compile/submit check of a pipeline with a sweep step (inputs ``space``, ``n_trials``,
-    ``sweep_timeout_s``, as in pipelines/sweep.py; others pass): the step's wait covers the
-    Experiment's worst case, and the step's pod deadline (default: the active k8s profile's
-    ``components.sweep.timeout_s``) covers the wait."""
-    if "space" not in params or "sweep_timeout_s" not in params:
-        return
-    if str(params.get("backend", "auto")) == "local":
-        return
-    if pod_deadline_s == "profile":
-        from docsort.components import k8s
-
-        pod_deadline_s = int(k8s.task_settings("sweep")["timeout_s"] or 0) or None
-    wait = sweep_wait_s(
-        str(params["space"]), int(params.get("n_trials") or 0) or None, params["sweep_timeout_s"]
-    )
-    if pod_deadline_s and pod_deadline_s < wait:
-        raise ConfigError(
-            f"the sweep step's pod deadline ({pod_deadline_s}s, k8s profile components.sweep."
-            f"timeout_s) is shorter than its wait for the Experiment ({wait:g}s, space="
-            f"{params['space']}): raise it to >= {wait:g}s or use fewer trials"
-        )

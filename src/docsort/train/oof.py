@@ -33,10 +33,6 @@ def _member_oof(member: Path) -> tuple[pd.DataFrame, np.ndarray]:
     for col in ("target", "fold"):
         if col not in df.columns:
             raise DocsortError(f"out-of-fold table has no {col!r} column", file=str(path))
-    if df["ID"].duplicated().any():
-        raise DocsortError(
-            f"duplicate ID {df['ID'][df['ID'].duplicated()].iloc[0]!r}", file=str(path)
-        )
     return df[["ID", "target", "fold"]].assign(member=member.name), probs
 
 

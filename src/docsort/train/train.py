@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from docsort.core.atomic import remove_stale_temps, temp_name, write_text_atomic
@@ -45,102 +46,69 @@ from docsort.core.errors import ConfigError
 from docsort.core.outputs import stage
 from docsort.core.probs import write_probs
 from docsort.core.stats import macro_f1
-from docsort.data.augment import TrainTransform, to_tensor, worker_rng
+from docsort.data.augment import TrainTransform
+from docsort.data.datasets import ImageArrayDataset
 from docsort.data.prepared import Prepared
 from docsort.models.factory import check_checkpoint, create_model, read_checkpoint, save_member
 from docsort.models.tta import VIEWS, merge, tta_logits
 
 
-class ImageArrayDataset(Dataset):
-    """Rows ``rows`` of a cached uint8 image array, with targets.
+def _mix(mixer: Mixup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's Mixup/CutMix (in place) with smoothed soft targets, for a batch of any size.
 
-    ``copies`` (N x C x S x S[x3], from ``prepare`` with Augraphy offline) are
-    pre-degraded versions of every image: with probability ``copy_p`` a sample
-    is drawn from one of its copies instead of the clean image.
+    timm pairs image i with image n-1-i (the loader has shuffled already) and
+    refuses an odd batch; an odd batch's last image is left unmixed here, with
+    its smoothed one-hot target.
     """
+    from timm.data.mixup import mixup_target
 
-    def __init__(self, images: np.ndarray, rows: np.ndarray, targets: np.ndarray | None, transform=None,
-                 copies: np.ndarray | None = None, copy_p: float = 0.0, seed: int = 0):  # fmt: skip
-        self.images, self.rows, self.targets, self.transform = images, rows, targets, transform
-        self.copies, self.copy_p, self.seed = (
-            copies,
-            float(copy_p) if copies is not None else 0.0,
-            seed,
-        )
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        row = self.rows[i]
-        if self.copy_p > 0 and (rng := worker_rng(self, self.seed + 1)).random() < self.copy_p:
-            img = np.asarray(self.copies[row, int(rng.integers(self.copies.shape[1]))])
-        else:
-            img = np.asarray(self.images[row])
-        x = self.transform(img) if self.transform else to_tensor(img)
-        return (x, int(self.targets[i])) if self.targets is not None else x
+    n = len(x) - len(x) % 2
+    _, soft = mixer(x[:n], y[:n])  # a view: mixes x itself
+    if n < len(x):
+        rest = mixup_target(y[n:], mixer.num_classes, 1.0, mixer.label_smoothing)
+        soft = torch.cat([soft, rest])
+    return x, soft
 
 
-def _mix(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    num_classes: int,
-    mixup: float,
-    cutmix: float,
-    smoothing: float,
-):
-    """Mixup or CutMix (chosen per batch) with smoothed soft targets."""
-    soft = F.one_hot(y, num_classes).float() * (1 - smoothing) + smoothing / num_classes
-    use_cutmix = cutmix > 0 and (mixup <= 0 or np.random.rand() < 0.5)
-    alpha = cutmix if use_cutmix else mixup
-    lam = float(np.random.beta(alpha, alpha))
-    perm = torch.randperm(x.shape[0], device=x.device)
-    if use_cutmix:
-        h, w = x.shape[-2:]
-        rh, rw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-        cy, cx = np.random.randint(h), np.random.randint(w)
-        y0, y1, x0, x1 = (
-            max(cy - rh // 2, 0),
-            min(cy + rh // 2, h),
-            max(cx - rw // 2, 0),
-            min(cx + rw // 2, w),
-        )
-        x = x.clone()
-        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
-        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
-    else:
-        x = lam * x + (1 - lam) * x[perm]
-    return x, lam * soft + (1 - lam) * soft[perm]
+def lr_scheduler(
+    opt: torch.optim.Optimizer, kind: str, total: int, warm: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step LR schedule: one-cycle, cosine or constant, each with warm-up.
 
-
-class LRSchedule:
-    """LR factor per optimizer step: one-cycle, cosine or constant, each with warm-up.
-
-    A plain callable (not ``OneCycleLR``): it is defined for any number of steps
-    (one batch per epoch included), never raises past its end, and its state is
-    plain numbers, so checkpoints load with ``weights_only=True``.
-    ``onecycle`` follows OneCycleLR's shape: cosine from lr/25 up to lr over the
-    warm-up (at least 5% of the steps), then cosine down to lr/25e4.
+    ``cosine``/``constant``: a linear warm-up from lr/warm to lr over ``warm``
+    steps (``LinearLR``), then ``CosineAnnealingLR`` down towards 0 at ``total``
+    or the constant lr. ``onecycle`` follows ``OneCycleLR``'s shape (cosine from
+    lr/25 up to lr over the warm-up, at least 5% of the steps, then cosine down
+    to lr/25e4 at the last step) but as a ``LambdaLR``: ``OneCycleLR`` divides by
+    zero for one or two steps and raises past its end. ``total`` is the number of
+    optimizer steps the run takes; past it the cosine would rise again (onecycle
+    holds its last value). All states are plain numbers, so checkpoints load
+    with ``weights_only=True``.
     """
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, SequentialLR
 
-    def __init__(self, kind: str, total: int, warm: int):
-        self.kind, self.total, self.warm = kind, max(1, int(total)), max(0, int(warm))
+    total, warm = max(1, int(total)), max(0, int(warm))
+    if kind == "onecycle":
+        up = min(max(warm, round(0.05 * total)), total - 1)
 
-    def __call__(self, step: int) -> float:
-        step = min(max(step, 0), self.total - 1)
-        if self.kind == "onecycle":
-            up = min(max(self.warm, round(0.05 * self.total)), self.total - 1)
+        def onecycle(step: int) -> float:
+            step = min(max(step, 0), total - 1)
             if step < up:
                 return 0.04 + 0.96 * (1 - math.cos(math.pi * step / up)) / 2
-            p = (step - up) / max(1, self.total - 1 - up)
+            p = (step - up) / max(1, total - 1 - up)
             return 4e-6 + (1 - 4e-6) * (1 + math.cos(math.pi * p)) / 2
-        if step < self.warm:
-            return (step + 1) / self.warm
-        if self.kind == "cosine":
-            return 0.5 * (
-                1 + math.cos(math.pi * (step - self.warm) / max(1, self.total - self.warm))
-            )
-        return 1.0
+
+        return LambdaLR(opt, onecycle)
+    if kind == "cosine" and warm == 0:
+        return CosineAnnealingLR(opt, T_max=total)
+    # (step + 1) / warm for the first ``warm`` steps, then 1
+    warmup = LinearLR(
+        opt, start_factor=1 / max(warm, 1), end_factor=1.0, total_iters=max(warm - 1, 0)
+    )
+    if kind != "cosine" or warm >= total:
+        return warmup
+    cosine = CosineAnnealingLR(opt, T_max=total - warm)
+    return SequentialLR(opt, [warmup, cosine], milestones=[warm])
 
 
 class Classifier(L.LightningModule):
@@ -162,6 +130,15 @@ class Classifier(L.LightningModule):
         self.register_buffer(
             "class_weights", class_weights if class_weights is not None else torch.ones(num_classes)
         )
+        self.mixup = None
+        if float(t.mixup_alpha) > 0 or float(t.cutmix_alpha) > 0:
+            # one draw per batch: mixup or cutmix (even odds when both are on), every batch mixed.
+            # Unlike the hand-written version it replaced, timm mixes image i with image n-1-i
+            # (not a random permutation: the loader shuffles) and cuts a box of exactly
+            # sqrt(1 - lam) of each side; lam is corrected for the clipped box in both.
+            self.mixup = Mixup(mixup_alpha=float(t.mixup_alpha), cutmix_alpha=float(t.cutmix_alpha), prob=1.0,
+                               switch_prob=0.5, mode="batch", label_smoothing=float(t.label_smoothing),
+                               num_classes=num_classes)  # fmt: skip
         self.ema = None
         if float(t.ema_decay) > 0:
             from timm.utils import ModelEmaV3
@@ -189,24 +166,15 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, _):
         x, y = batch
-        t = self.cfg.train
-        if float(t.mixup_alpha) > 0 or float(t.cutmix_alpha) > 0:
-            x, soft = _mix(
-                x,
-                y,
-                self.num_classes,
-                float(t.mixup_alpha),
-                float(t.cutmix_alpha),
-                float(t.label_smoothing),
-            )
-            logp = self(x).float().log_softmax(-1)
-            loss = -(soft * logp * self.class_weights).sum(-1).mean()
+        if self.mixup is not None:  # soft targets: the batch mean of -sum(w * soft * log p)
+            x, soft = _mix(self.mixup, x, y)
+            loss = F.cross_entropy(self(x).float(), soft, weight=self.class_weights)
         else:
             loss = F.cross_entropy(
                 self(x).float(),
                 y,
                 weight=self.class_weights,
-                label_smoothing=float(t.label_smoothing),
+                label_smoothing=float(self.cfg.train.label_smoothing),
             )
         self.log(
             "train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True
@@ -274,7 +242,7 @@ class Classifier(L.LightningModule):
             opt = torch.optim.AdamW(groups, lr=float(t.lr))
         total = max(1, int(t.epochs) * self.steps_per_epoch)
         warm = int(float(t.warmup_epochs) * self.steps_per_epoch)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, LRSchedule(str(t.scheduler), total, warm))
+        sched = lr_scheduler(opt, str(t.scheduler), total, warm)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -657,18 +625,17 @@ def train(
 ) -> Path | str:
     """Train per ``fold`` (an index, ``all`` or ``none``) and write members under ``out``.
 
-    An ``s3://`` ``out`` gets the member once trained (see :func:`docsort.sweep.results.train_to_s3`).
-
     ``prepared`` may be an ``s3://`` prefix (a Katib trial's input); it is mirrored beside ``out``.
     ``out`` records the run's identity (``run.json``): a re-run continues the same work,
     does nothing when it is complete, and is refused for other work unless ``overwrite``.
     """
     from docsort.core import identity, storage
 
-    if storage.is_s3(out):  # a Katib trial: train in scratch space, keep the member on S3
-        from docsort.sweep.results import train_to_s3
-
-        return train_to_s3(prepared, str(out), overrides)
+    if storage.is_s3(out):
+        raise ConfigError(
+            "train writes a local folder; `docsort train --out s3://...` (a Katib trial) "
+            "keeps the member on S3 through docsort.sweep.results.train_to_s3"
+        )
     cfg = load_config(overrides)
     out = Path(out)
     local = (
@@ -693,7 +660,7 @@ def train(
     if str(fold) == "all":
         import pandas as pd
 
-        from docsort.data.contract import read_table
+        from docsort.core.csv_tables import read_table
 
         results = []
         for k in range(int(prep.info["num_folds"])):
