@@ -27,17 +27,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.test_bad_input import (  # noqa: E402 - after making the repo importable
+from tests.conftest import TINY  # noqa: E402 - after making the repo importable
+from tests.scenario import run_cli  # noqa: E402
+from tests.test_bad_input import (  # noqa: E402
     CONFIG_CASES,
     PREPARE_CASES,
     SUBMISSION_CASES,
-    TINY,
     Case,
     config_argv,
     image_bytes,
     prepare_argv,
     put_image,
-    run_cli,
     submission_argv,
 )
 
@@ -67,7 +67,7 @@ def _accepted(sample: Path, work: Path) -> list[str]:
     for name in ("train.csv", "meta.csv", "sample_submission.csv"):
         text = (data / name).read_text(encoding="utf-8")
         (data / name).write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n\r\n").encode())
-    rc, _, err = run_cli(prepare_argv(data, work / "bom-prep", Case("", ())))
+    rc, _, err = run_cli(*prepare_argv(data, work / "bom-prep", Case("", ())))
     rows.append(
         f"| CSVs with a UTF-8 BOM, CRLF line ends and blank lines | `prepare` | {rc} | accepted | {'yes' if rc == 0 else 'NO'} |"
     )
@@ -86,7 +86,7 @@ def _accepted(sample: Path, work: Path) -> list[str]:
     for row, im in enumerate(images, start=2):
         put_image(data, row, image_bytes(im))
     put_image(data, 5, image_bytes(pal, transparency=1))
-    rc, _, err = run_cli(prepare_argv(data, work / "modes-prep", Case("", ())))
+    rc, _, err = run_cli(*prepare_argv(data, work / "modes-prep", Case("", ())))
     rows.append(
         f"| 16-bit gray, RGBA, LA and palette-with-transparency images | `prepare` | {rc} | "
         f"accepted: scaled to 8 bits, composited on white | {'yes' if rc == 0 else 'NO'} |"
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(sample, data)
             if case.breaks:
                 case.breaks(data)
-            rc, _, err = run_cli(prepare_argv(data, work / "out" / "prepared", case))
+            rc, _, err = run_cli(*prepare_argv(data, work / "out" / "prepared", case))
             rows.append(
                 _row(
                     case.label, "prepare", rc, err, case, {str(data): "<root>", str(work): "<work>"}
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         for n, case in enumerate(SUBMISSION_CASES):
             work = tmp / f"s{n}"
             work.mkdir()
-            rc, _, err = run_cli(submission_argv(prepared, work, case))
+            rc, _, err = run_cli(*submission_argv(prepared, work, case))
             rows.append(
                 _row(
                     case.label,
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         for n, case in enumerate(CONFIG_CASES):
             work = tmp / f"c{n}"
             work.mkdir()
-            rc, _, err = run_cli(config_argv(sample, prepared, work, case))
+            rc, _, err = run_cli(*config_argv(sample, prepared, work, case))
             rows.append(_row(case.label, f"{case.command} {' '.join(case.overrides)}", rc, err, case,
                              {str(sample): "<root>", str(prepared): "<prepared>", str(work): "<work>"}))  # fmt: skip
         rows += _accepted(sample, tmp / "ok")

@@ -371,7 +371,7 @@ def _views_folder(ws: Workspace) -> Outcome:
     return refused(
         run_cli("ensemble", "--model", ws.member, "--prepared", ws.prepared, "--views-from",
                 work / "ablation", "--out", work / "c"),
-        ("recommended.json",), work,
+        ("not a TTA ablation folder",), work,
     )(before)  # fmt: skip
 
 
@@ -415,8 +415,8 @@ SCENARIOS += [
     Scenario(7, "`device=cuda` on a machine without CUDA", _train_override("device=cuda", ("cuda",))),
     Scenario(7, "`predict ... tta.batch_size=abc`", _predict_override("tta.batch_size=abc", ("tta.batch_size",))),
     Scenario(7, "resume from a corrupt `last.ckpt`", _corrupt_ckpt),
-    Scenario(7, "`ensemble --views FOLDER` without recommended.json", _views_folder),
-    Scenario(7, "`report -o` an existing folder of the user's", _report_existing),
+    Scenario(7, "`ensemble --views-from FOLDER` that is not a TTA ablation", _views_folder),
+    Scenario(7, "`report --out` an existing folder of the user's", _report_existing),
     Scenario(7, "`run --param per_class=abc`", _run_param),
     Scenario(7, "`hardcases mine --top -1`", _mine_top),
 ]  # fmt: skip

@@ -61,6 +61,7 @@ def test_copies_key_covers_settings_and_seed():
     )  # another clean cache (images or resize spec)
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: `make test-slow`
 def test_copies_depend_on_the_seed_not_on_the_number_of_workers(tmp_path):
     """Same seed: the same bytes however many processes draw them; another seed: other draws."""
     from docsort.data.augraphy_copies import build_copies

@@ -27,6 +27,7 @@ def _keys(bucket: str, prefix: str) -> list[str]:
     return sorted(o["Key"][len(prefix) :] for o in got)
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: `make test-slow`
 def test_prepare_reads_a_dataset_from_s3(s3_server, sample_root, tmp_path, capsys):
     uri = f"s3://{s3_server.bucket}/datasets/tiny"
     storage.upload_dir(sample_root, uri)

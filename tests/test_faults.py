@@ -151,6 +151,7 @@ _LIMITED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: `make test-slow`
 def test_full_disk_during_prepare_keeps_nothing_half_written(
     sample_root: Path, prepared_root: Path, tmp_path: Path
 ):
@@ -223,6 +224,7 @@ def _unshare() -> str:
     return unshare
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: `make test-slow`
 def test_really_full_disk_fails_cleanly_not_with_sigbus(
     sample_root: Path, prepared_root: Path, tmp_path: Path
 ):
@@ -308,6 +310,7 @@ def _temps(left: list[str]) -> list[str]:
     return [p for p in left if p.endswith(".tmp")]
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: `make test-slow`
 def test_full_disk_during_train_is_one_line_and_the_checkpoint_temp_is_removed(
     prepared_root: Path, tmp_path: Path
 ):
@@ -386,6 +389,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: `make test-slow`
 def test_a_killed_prepare_leaves_a_temporary_that_the_next_run_removes(
     sample_root: Path, tmp_path: Path
 ):

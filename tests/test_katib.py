@@ -432,6 +432,7 @@ def prepared(tmp_path_factory) -> Path:
     return root / "prep"
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: `make test-slow`
 def test_the_trial_command_runs_docsort_train_and_katib_reads_its_metrics(
     prepared: Path, tmp_path: Path
 ):

@@ -77,6 +77,7 @@ MINI = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: `make test-slow`
 def test_prepare_cache_key_moves_with_the_data_and_the_overrides(sample_root, tmp_path):
     pipeline = tmp_path / "prepare_only.py"
     pipeline.write_text(MINI)

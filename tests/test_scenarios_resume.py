@@ -294,12 +294,12 @@ def test_predict_rerun_is_a_no_op_or_refused_and_overwrite_redoes_it(
 # ---------------------------------------------------------------- overrides and options: one line
 
 OPTION_CASES = [
-    ("ensemble --views: a folder without recommended.json",
+    ("ensemble --views-from: a folder that is not a TTA ablation",
      lambda w, p, m: ["ensemble", "--model", m, "--prepared", p, "--views-from", w / "views", "--out", w / "c"],
-     "--views: no recommended.json here"),
+     "not a TTA ablation folder (no ablation.csv)"),
     ("run --param of the wrong type",
      lambda w, p, m: ["run", "pipelines/demo.py", "--local", "--param", "per_class=abc", "--out", w / "runs"],
-     "--param per_class='abc': per_class takes an integer"),
+     "--param per_class=abc: pipeline input 'per_class' needs an integer"),
     ("hardcases mine --top -1",
      lambda w, p, m: ["hardcases", "mine", w / "views", "--prepared", p, "--out", w / "x.csv", "--top", "-1"],
      "--top -1 must be an integer >= 1"),

@@ -449,6 +449,7 @@ def test_exif_orientation_reaches_the_prepared_cache(sample_root, tmp_path):
     assert np.abs(a - b).mean() < 3 < np.abs(sideways - b).mean()
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: `make test-slow`
 def test_8_a_data_root_on_s3_gives_its_current_verdicts(s3_server, sample_root, tmp_path):
     uri = f"s3://{s3_server.bucket}/datasets/tiny"
     storage.upload_dir(sample_root, uri)

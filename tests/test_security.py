@@ -337,6 +337,7 @@ def echoing_kfp() -> Iterator[str]:
         server.server_close()
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: `make test-slow`
 def test_secrets_appear_in_no_output_log_or_message(
     s3_server,
     echoing_kfp: str,

@@ -471,6 +471,7 @@ def test_wandb_mode_resolution():
 # --- 5. checkpoints, resume, pretrained weights -----------------------------------------------
 
 
+@pytest.mark.slow  # over 9 s on 2 cores: `make test-slow`
 def test_killed_training_resumes_from_last_checkpoint_and_ends_with_all_epochs(
     prepared_root, tmp_path
 ):

@@ -1,7 +1,7 @@
 """The demo pipeline: sample data -> prepare -> 2 members (ParallelFor) -> TTA predict -> ensemble -> hard cases -> submission.
 
 Run it locally with ``docsort run pipelines/demo.py --local`` (or ``docsort demo``);
-compile it with ``docsort compile pipelines/demo.py -o demo.yaml``.
+compile it with ``docsort compile pipelines/demo.py --out demo.yaml``.
 """
 
 from kfp import dsl
