@@ -168,9 +168,3 @@ def test_sweep_pipeline_runs_locally_with_the_optuna_twin(sample_root, tmp_path)
     for key, value in best["params"].items():  # the members were trained with the winner
         assert f"{key.split('.')[-1]}: {value}" in model_yaml or str(value) in model_yaml
     assert json.loads((report / "report.json").read_text())["missing"] == 0
-
-
-def test_the_sweep_step_reads_the_trial_pod_env_the_task_gets():
-    from docsort.sweep import sweep as sweep_stage
-
-    assert sweep_stage.TRIAL_POD_ENV == k8s.TRIAL_POD_ENV

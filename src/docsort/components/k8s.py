@@ -25,10 +25,9 @@ from typing import Any
 import yaml
 
 from docsort.core.errors import ConfigError
+from docsort.sweep.sweep import TRIAL_POD_ENV  # the sweep step reads it; defined once, there
 
 PROFILE_ENV = "DOCSORT_K8S_PROFILE"
-#: Env of the sweep task: JSON pod settings for the Katib trials it starts.
-TRIAL_POD_ENV = "DOCSORT_TRIAL_POD"
 #: KFP's own emptyDirs in every task pod (backend argo compiler); mounting there again is invalid.
 KFP_RESERVED_PATHS = ("/gcs", "/s3", "/minio", "/.local", "/.cache", "/.config", "/kfp-launcher")
 
