@@ -55,7 +55,15 @@ class Workspace:
         def make(p: Path) -> None:
             _ok(
                 run_cli(
-                    "sample-data", p, "--per-class", "6", "--test-per-class", "2", "--seed", "3"
+                    "sample-data",
+                    "--out",
+                    p,
+                    "--per-class",
+                    "6",
+                    "--test-per-class",
+                    "2",
+                    "--seed",
+                    "3",
                 )
             )
 

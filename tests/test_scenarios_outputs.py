@@ -106,7 +106,7 @@ NOT_DOCSORTS = {
     "tta-ablation": ["tta-ablation", "m0", "--out", "notes"],
     "hardcases compare": ["hardcases", "compare", "cands", "--prepared", "prep", "--out", "notes"],
     "candidate run": ["candidate", "run", "cands/soft/candidate.yaml", "--prepared", "prep", "--out", "notes"],
-    "sample-data": ["sample-data", "notes", "--per-class", "2"],
+    "sample-data": ["sample-data", "--out", "notes", "--per-class", "2"],
 }  # fmt: skip
 
 

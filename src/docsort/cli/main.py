@@ -35,7 +35,7 @@ def _param_option(p: argparse.ArgumentParser) -> None:
 
 def _register_stages(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "sample-data", "Generate the synthetic 17-class sample dataset.")
-    p.add_argument("out", metavar="OUT", help="dataset folder to write")
+    p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument(
         "--per-class", type=int, default=40, help="training images per class (default 40)"
     )
