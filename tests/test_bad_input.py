@@ -27,15 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from docsort.core.csv_tables import read_csv
 from docsort.core.errors import DocsortError
-from docsort.data.contract import (
-    check_id,
-    image_path,
-    parse_ids,
-    parse_targets,
-    read_csv,
-    read_labelled,
-)
+from docsort.data.contract import check_id, image_path, parse_ids, parse_targets, read_labelled
 from tests.conftest import TINY
 from tests.scenario import one_line, run_cli
 

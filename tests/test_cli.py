@@ -118,11 +118,3 @@ def test_views_from_and_views_are_exclusive(capsys):
             ["ensemble", "--views", "identity", "--views-from", "abl", "--out", "o"]
         )
     assert "not allowed with argument" in capsys.readouterr().err
-
-
-def test_the_verdict_choices_are_the_ones_hardcases_accepts():
-    """The CLI keeps its own tuple of verdicts (the hardcases module imports pandas)."""
-    from docsort.cli import review as cli_review
-    from docsort.review import hardcases
-
-    assert cli_review._KINDS == hardcases.KINDS

@@ -11,10 +11,14 @@ import sys
 from pathlib import Path
 
 from docsort.cli.args import add_command, add_overrides, exist, exists
-from docsort.core.choices import MERGES, METHODS, REPORT_SETS, VIEW_NAMES
-
-#: Verdicts of a hard case (docsort.review.hardcases.KINDS, which imports pandas).
-_KINDS = ("hard", "model_error", "label_error", "ambiguous")
+from docsort.core.choices import (
+    HARDCASE_KINDS,
+    MERGES,
+    METHODS,
+    OBJECTIVES,
+    REPORT_SETS,
+    VIEW_NAMES,
+)
 
 
 def _merge_option(p: argparse.ArgumentParser, flag: str, what: str) -> None:
@@ -111,7 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="candidate name (default: the method)")
     p.add_argument(
         "--objective",
-        choices=("macro_f1", "log_loss"),
+        choices=OBJECTIVES,
         default="macro_f1",
         help="what the weight search optimizes",
     )
@@ -218,7 +222,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
         c.add_argument(
             "--kind",
-            choices=_KINDS,
+            choices=HARDCASE_KINDS,
             required=name == "mark",
             default="hard" if name == "add" else None,
             help="the verdict" + (" (default: hard)" if name == "add" else ""),

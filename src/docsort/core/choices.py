@@ -16,3 +16,7 @@ MERGES: tuple[str, ...] = ("mean", "geomean", "logits")
 METHODS: tuple[str, ...] = ("soft", "weighted", "hard", "stacked")
 #: The labelled set a report is computed on (``docsort report --on``).
 REPORT_SETS: tuple[str, ...] = ("auto", "oof", "test", "hardcases")
+#: What weight search and stacking optimise on OOF predictions (``docsort ensemble --objective``).
+OBJECTIVES: tuple[str, ...] = ("macro_f1", "log_loss")
+#: The verdict kinds of a hard case (``hardcases.csv``'s ``kind`` column).
+HARDCASE_KINDS: tuple[str, ...] = ("hard", "model_error", "label_error", "ambiguous")

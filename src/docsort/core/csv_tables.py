@@ -42,7 +42,7 @@ def _decode_csv(path: Path, name: str) -> str:
         ) from None
 
 
-def _rows(df: pd.DataFrame) -> list[int]:
+def row_numbers(df: pd.DataFrame) -> list[int]:
     """1-based data-row numbers of ``df`` (its 0-based positional index plus one)."""
     if pd.api.types.is_integer_dtype(df.index):
         return [int(i) + 1 for i in df.index]
@@ -172,5 +172,5 @@ def refuse_blank(df: pd.DataFrame, column: str, *, file: str) -> None:
     """One line naming the first row whose ``column`` is empty (an ID must never be blank)."""
     blank = df[column].astype(str).str.strip() == ""
     if blank.any():
-        row = _rows(df)[int(np.flatnonzero(blank.to_numpy())[0])]
+        row = row_numbers(df)[int(np.flatnonzero(blank.to_numpy())[0])]
         raise DocsortError(f"empty {column}", file=file, row=row)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from docsort.core.atomic import atomic_path
-from docsort.core.csv_tables import read_table, refuse_blank
+from docsort.core.csv_tables import read_table, refuse_blank, row_numbers
 from docsort.core.errors import DocsortError
 
 # How far a row's sum may be from 1. Tables are written with 6 significant digits
@@ -83,17 +83,14 @@ def read_probs(
             bad = pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()
             n = int(np.flatnonzero(bad.to_numpy())[0])
             raise DocsortError(
-                f"{cols[k]}={df[c].iloc[n]!r} is not a number", file=str(path), row=_row(df, n)
+                f"{cols[k]}={df[c].iloc[n]!r} is not a number",
+                file=str(path),
+                row=row_numbers(df)[n],
             )
     probs = df[cols].to_numpy(dtype=np.float64)
     ids = df["ID"].tolist()
     check_probs(ids, probs, source=str(path), rows=(df.index.to_numpy() + 1).tolist())
     return ids, probs, df
-
-
-def _row(df: pd.DataFrame, n: int) -> int:
-    """The 1-based data row of the ``n``-th row of a frame read by ``read_table``."""
-    return int(df.index[n]) + 1
 
 
 def check_probs(

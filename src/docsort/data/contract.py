@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from docsort.core.csv_tables import _rows, read_csv
+from docsort.core.csv_tables import read_csv, row_numbers
 from docsort.core.errors import DocsortError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
@@ -61,7 +61,7 @@ def parse_ids(df: pd.DataFrame, *, file: str) -> list[str]:
     """Validated IDs of ``df`` (column ``ID``), unique."""
     ids: list[str] = []
     seen: dict[str, int] = {}
-    for row, value in zip(_rows(df), df["ID"].tolist(), strict=True):
+    for row, value in zip(row_numbers(df), df["ID"].tolist(), strict=True):
         v = check_id(str(value), file=file, row=row)
         if v in seen:
             raise DocsortError(f"duplicate ID {v!r} (first at row {seen[v]})", file=file, row=row)
@@ -75,7 +75,7 @@ def parse_targets(
 ) -> list[int]:
     """Integer targets; each must be a class of meta.csv when ``valid`` is given."""
     out: list[int] = []
-    for row, value in zip(_rows(df), df[column].tolist(), strict=True):
+    for row, value in zip(row_numbers(df), df[column].tolist(), strict=True):
         v = str(value).strip()
         if not v:
             raise DocsortError(f"empty {column}", file=file, row=row)
@@ -109,7 +109,7 @@ def read_meta(path: str | Path, *, name: str | None = None) -> Meta:
         raise DocsortError("no classes", file=name)
     names = [n.strip() for n in df["class_name"].tolist()]
     first: dict[str, int] = {}
-    for row, t, n in zip(_rows(df), targets, names, strict=True):
+    for row, t, n in zip(row_numbers(df), targets, names, strict=True):
         if not n:
             raise DocsortError(f"empty class_name for target {t}", file=name, row=row)
         if n in first:
@@ -118,7 +118,7 @@ def read_meta(path: str | Path, *, name: str | None = None) -> Meta:
             )
         first[n] = row
     seen: dict[int, int] = {}
-    for row, t in zip(_rows(df), targets, strict=True):
+    for row, t in zip(row_numbers(df), targets, strict=True):
         if t in seen:
             raise DocsortError(f"duplicate target {t} (first at row {seen[t]})", file=name, row=row)
         seen[t] = row
@@ -165,7 +165,7 @@ def read_hardcases(path: str | Path, meta: Meta, *, name: str | None = None) -> 
         if col not in df.columns:
             df[col] = ""
     kinds = {"", "hard", "model_error", "label_error", "ambiguous"}
-    for row, k in zip(_rows(df), df["kind"].tolist(), strict=True):
+    for row, k in zip(row_numbers(df), df["kind"].tolist(), strict=True):
         if k.strip() not in kinds:
             raise DocsortError(
                 f"kind {k!r} is not one of {sorted(kinds - {''})}", file=name, row=row

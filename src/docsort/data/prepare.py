@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from docsort.core import storage
 from docsort.core.atomic import atomic_path
 from docsort.core.config import load_config, save_config
+from docsort.core.csv_tables import read_csv
 from docsort.core.errors import DocsortError, plot_label
 from docsort.core.outputs import stage
 from docsort.data import augraphy_copies as augcopies
@@ -46,7 +47,6 @@ from docsort.data.contract import (
     fit_square,
     image_path,
     parse_ids,
-    read_csv,
     read_hardcases,
     read_labelled,
     read_meta,

@@ -36,12 +36,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from docsort.core.atomic import write_text_atomic
-from docsort.core.choices import MERGES, METHODS, VIEW_NAMES
+from docsort.core.choices import MERGES, METHODS, OBJECTIVES, VIEW_NAMES
 from docsort.core.errors import ConfigError, DocsortError
 from docsort.core.stats import EPS, fast_macro_f1, log_loss
 from docsort.ensemble.calibration import apply_temperature, fit_temperature
-
-OBJECTIVES = ("macro_f1", "log_loss")
 
 # A hard-vote winner is marked by moving this much mass onto it, so argmax of
 # the returned vote shares is the tie-broken prediction.

@@ -33,19 +33,13 @@ import pandas as pd
 
 from docsort.core import storage
 from docsort.core.atomic import atomic_path
+from docsort.core.choices import HARDCASE_KINDS
+from docsort.core.csv_tables import read_csv
 from docsort.core.errors import DocsortError
 from docsort.core.probs import align, read_probs
-from docsort.data.contract import (
-    Meta,
-    parse_ids,
-    read_csv,
-    read_hardcases,
-    read_labelled,
-    read_meta,
-)
+from docsort.data.contract import Meta, parse_ids, read_hardcases, read_labelled, read_meta
 from docsort.data.prepared import Prepared
 
-KINDS = ("hard", "model_error", "label_error", "ambiguous")
 COLUMNS = ["ID", "target", "note", "kind"]
 HISTORY = "hardcases.history.jsonl"
 # An OOF error is proposed as a label error when every source predicts the same
@@ -197,8 +191,8 @@ def _history(path: Path, action: str, image_id: str, before: dict | None, after:
 
 
 def _check(ds: Dataset, image_id: str, target: int, kind: str) -> None:
-    if kind not in KINDS:
-        raise DocsortError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind not in HARDCASE_KINDS:
+        raise DocsortError(f"kind {kind!r} is not one of {', '.join(HARDCASE_KINDS)}")
     if kind == "label_error":
         if image_id not in ds.train:
             raise DocsortError(
