@@ -76,6 +76,40 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- katib backend
 
 
+def _katib_experiment(
+    prepared: str,
+    space: str | os.PathLike | Mapping[str, Any] | SearchSpace,
+    *,
+    name: str | None,
+    namespace: str,
+    image: str | None,
+    fixed_overrides: Sequence[str],
+    gpu: int | None,
+    check_config: bool,
+    n_trials: int | None,
+    pod: Mapping[str, Any] | None,
+    trials_uri: str | None,
+) -> dict[str, Any]:
+    """The Experiment both the dry run and the real run send: space capped and podded, checked."""
+    from docsort.sweep import katib
+
+    sp = with_pod(with_trials(load_space(space), n_trials), pod, gpu)
+    if check_config:
+        check_space_against_config(sp, fixed_overrides)
+    return katib.build_experiment(
+        sp,
+        name=name,
+        namespace=namespace,
+        prepared=prepared,
+        image=image,
+        fixed_overrides=fixed_overrides,
+        gpu=gpu,
+        image_pull_policy=(pod or {}).get("image_pull_policy"),
+        image_pull_secrets=(pod or {}).get("image_pull_secrets") or (),
+        trials_uri=trials_uri,
+    )
+
+
 def dry_run_yaml(
     prepared: str,
     space: str | os.PathLike | Mapping[str, Any] | SearchSpace = "default",
@@ -91,23 +125,9 @@ def dry_run_yaml(
     trials_uri: str | None = None,
 ) -> str:
     """The Katib Experiment for ``docsort sweep DATA --backend katib --dry-run``, as YAML."""
-    from docsort.sweep import katib
-
-    sp = with_pod(with_trials(load_space(space), n_trials), pod, gpu)
-    if check_config:
-        check_space_against_config(sp, fixed_overrides)
-    exp = katib.build_experiment(
-        sp,
-        name=name,
-        namespace=namespace,
-        prepared=prepared,
-        image=image,
-        fixed_overrides=fixed_overrides,
-        gpu=gpu,
-        image_pull_policy=(pod or {}).get("image_pull_policy"),
-        image_pull_secrets=(pod or {}).get("image_pull_secrets") or (),
-        trials_uri=trials_uri,
-    )
+    exp = _katib_experiment(prepared, space, name=name, namespace=namespace, image=image,
+                            fixed_overrides=fixed_overrides, gpu=gpu, check_config=check_config,
+                            n_trials=n_trials, pod=pod, trials_uri=trials_uri)  # fmt: skip
     return yaml.safe_dump(exp, sort_keys=False, default_flow_style=False, width=1000)
 
 
@@ -177,21 +197,9 @@ def run_katib_sweep(
     """
     from docsort.sweep import katib
 
-    sp = with_pod(with_trials(load_space(space), n_trials), pod, gpu)
-    if check_config:
-        check_space_against_config(sp, fixed_overrides)
-    exp = katib.build_experiment(
-        sp,
-        name=name,
-        namespace=namespace,
-        prepared=prepared,
-        image=image,
-        fixed_overrides=fixed_overrides,
-        gpu=gpu,
-        image_pull_policy=(pod or {}).get("image_pull_policy"),
-        image_pull_secrets=(pod or {}).get("image_pull_secrets") or (),
-        trials_uri=trials_uri,
-    )
+    exp = _katib_experiment(prepared, space, name=name, namespace=namespace, image=image,
+                            fixed_overrides=fixed_overrides, gpu=gpu, check_config=check_config,
+                            n_trials=n_trials, pod=pod, trials_uri=trials_uri)  # fmt: skip
     if not timeout_s:
         timeout_s = katib.worst_case_s(exp) or 6 * 3600
     if not trials_uri:
