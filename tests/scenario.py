@@ -14,6 +14,7 @@ import io
 from pathlib import Path
 
 from docsort.cli.main import main
+from docsort.core.console import LOG_NAME
 
 
 def run_cli(*argv: str | Path) -> tuple[int, str, str]:
@@ -36,10 +37,11 @@ def one_line(stderr: str) -> str:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` (relative path -> sha256 of its bytes), hidden files included."""
+    """Every file under ``root`` (relative path -> sha256 of its bytes), hidden files included,
+    but the command logs: every command that succeeds appends to its ``--out``'s docsort.log."""
     root = Path(root)
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != LOG_NAME
     }

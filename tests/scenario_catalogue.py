@@ -295,7 +295,7 @@ def _bad_probs(edit: Callable[[np.ndarray], np.ndarray], expect: tuple[str, ...]
     def run(ws: Workspace) -> Outcome:
         work = ws.fresh("probs")
         frame = pd.read_csv(ws.candidates / "soft" / "probs.csv", dtype={"ID": str})
-        cols = [c for c in frame.columns if c.startswith("p_")] or list(frame.columns[1:])
+        cols = [c for c in frame.columns if c[:1] == "p" and c[1:].isdigit()]  # not pred_*
         frame[cols] = edit(frame[cols].to_numpy(dtype=float))
         frame.to_csv(work / "probs.csv", index=False)
         before = {str(work): snapshot(work)}

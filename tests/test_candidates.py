@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -40,7 +41,9 @@ def test_soft_candidate_predicts_members_and_reruns_identically(
     assert code == 0, err
     spec = yaml.safe_load((cand / "candidate.yaml").read_text())
     assert spec["name"] == "c1814" and spec["method"] == "soft"
-    assert spec["members"] == [{"name": "resnet18-f0", "model": str(trained_member.resolve())}]
+    rel = os.path.relpath(trained_member.resolve(), cand.resolve())  # movable with its models
+    assert spec["members"] == [{"name": "resnet18-f0", "model": Path(rel).as_posix()}]
+    assert load_spec(cand / "candidate.yaml").members[0].model == str(trained_member.resolve())
     assert spec["tta_views"] == ["identity", "rot90"] and spec["tta_merge"] == "mean"
     ids, probs, _ = read_probs(cand / "probs.csv")
     assert ids == Prepared(prepared_root).test_ids

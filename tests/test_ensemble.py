@@ -180,6 +180,8 @@ def test_spec_yaml_round_trip_and_combine(tmp_path):
     )
     path = ens.save_spec(spec, tmp_path / "cand.yaml")
     loaded = ens.load_spec(path)
+    for m in spec.members:  # the file stores them relative to itself; loaded, they are usable paths
+        m.model = ens.member_path(m.model, ".")
     assert loaded == spec
     assert loaded.views_of(0) == ["identity", "rot90", "rot180", "rot270"]
     assert loaded.views_of(1) == ["identity", "rot180"]
@@ -257,7 +259,8 @@ def test_a_spec_written_with_checkpoint_keys_still_loads_and_is_saved_with_model
     old = tmp_path / "old.yaml"
     old.write_text("name: x\nmembers: [{name: a, checkpoint: runs/a, views: [rot90]}]\n")
     spec = ens.load_spec(old)
-    assert spec.members == [ens.MemberSpec("a", "runs/a", views=["rot90"])]
+    runs_a = str((tmp_path / "runs" / "a").resolve())  # relative to the spec's folder
+    assert spec.members == [ens.MemberSpec("a", runs_a, views=["rot90"])]
     saved = yaml.safe_load(ens.save_spec(spec, tmp_path / "new.yaml").read_text())
     assert saved["members"] == [{"name": "a", "model": "runs/a", "views": ["rot90"]}]
     old.write_text("name: x\nmembers: [{name: a}]\n")

@@ -229,13 +229,16 @@ def test_compare_side_by_side_with_candidate_folders(prepared_root, tmp_path):
         "mcnemar_p"
     ] == 1.0  # one discordant image
     winner = json.loads((out / "winner.json").read_text())
-    assert winner["winner"] == "c1824"  # hard cases decide before the better OOF score
-    assert "decided by hard-case accuracy" in printed and "McNemar" in printed
+    # one image of difference (p = 1) does not beat the prior: both soft, c1814 has fewer members
+    assert (winner["winner"], winner["prior"], winner["decided_by"]) == ("c1814", "c1814", "prior")
+    assert (winner["evidence"]["challenger"], winner["evidence"]["wins"]) == ("c1824", 1)
+    assert winner["evidence"]["p"] == 1.0
+    assert "decided by the stated prior" in printed and "McNemar" in printed
     assert len(winner["hardcases_sha256"]) == 64
-    assert json.loads((out / "winner" / "candidate.json").read_text())["name"] == "c1824"
+    assert json.loads((out / "winner" / "candidate.json").read_text())["name"] == "c1814"
 
 
-def test_compare_without_hard_cases_falls_back_to_oof(prepared_root, tmp_path, capsys):
+def test_compare_without_hard_cases_falls_back_to_the_prior(prepared_root, tmp_path, capsys):
     from docsort.review.compare import compare_candidates
 
     prep = Prepared(prepared_root)
@@ -245,7 +248,9 @@ def test_compare_without_hard_cases_falls_back_to_oof(prepared_root, tmp_path, c
     fake_candidate(tmp_path / "c" / "x", "x", prep.test_ids, p, oof_macro_f1=0.7)
     fake_candidate(tmp_path / "c" / "y", "y", prep.test_ids, p, oof_macro_f1=0.8)
     out = compare_candidates(prepared_root, [tmp_path / "c"], tmp_path / "cmp", hardcases=none)
-    assert json.loads((out / "winner.json").read_text())["winner"] == "y"
+    record = json.loads((out / "winner.json").read_text())
+    # nothing to test them on: the prior (same method and members, the order given), not OOF
+    assert (record["winner"], record["decided_by"]) == ("x", "prior")
     text = (out / "comparison.txt").read_text().splitlines()
     assert text[0] == f"hard cases: {none} (0 verdicts, 0 used)"
     assert text[2].startswith("No hard case is a test image")

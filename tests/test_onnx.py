@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from docsort.cli.main import main
-from docsort.core.errors import ConfigError
+from docsort.core.errors import ConfigError, DocsortError
 from docsort.core.probs import read_probs
 from docsort.models.onnx_export import read_metadata, weights_digest
 from docsort.models.onnx_runtime import OrtTTA, ort_providers
@@ -66,10 +66,10 @@ def test_onnxruntime_tta_matches_torch(member_dir, prepared_root, torch_pred, tm
         assert np.abs(a - b).max() < 1e-3 and np.abs(a).max() > 1e-3
 
 
-def test_predict_uses_the_exported_model_only_when_it_matches_the_weights(
+def test_predict_uses_the_exported_model_and_refuses_a_stale_one(
     member_dir, prepared_root, tmp_path, torch_pred
 ):
-    """``MODEL_DIR/model.onnx`` is used; after retraining (new weights) a stale one is ignored."""
+    """``MODEL_DIR/model.onnx`` is used; after retraining (new weights) a stale one is refused."""
     model = shutil.copytree(member_dir, tmp_path / "m")
     assert (
         main(["export", str(model), "--opset", "13"]) == 0
@@ -83,14 +83,45 @@ def test_predict_uses_the_exported_model_only_when_it_matches_the_weights(
 
     make_member(tmp_path / "retrained", prepared_root, seed=5)
     shutil.copyfile(tmp_path / "retrained" / "model.safetensors", model / "model.safetensors")
+    with pytest.raises(DocsortError, match="exported from other weights") as err:
+        predict(
+            prepared_root, model, tmp_path / "b", [*FP32, "runtime=onnx", "tta.views=[identity]"]
+        )
+    assert len(str(err.value).splitlines()) == 1 and f"docsort export {model}" in str(err.value)
+    assert main(["export", str(model)]) == 0  # export again: used, and it is the new weights
     out = predict(
         prepared_root, model, tmp_path / "b", [*FP32, "runtime=onnx", "tta.views=[identity]"]
     )
-    assert json.loads((out / "predict.json").read_text())["engine"]["model"] != str(
+    assert json.loads((out / "predict.json").read_text())["engine"]["model"] == str(
         model / "model.onnx"
     )
     ref = predict(prepared_root, model, tmp_path / "c", [*FP32, "tta.views=[identity]"])
     assert np.abs(read_probs(out / "probs.csv")[1] - read_probs(ref / "probs.csv")[1]).max() < 1e-4
+
+
+def test_predict_runs_the_file_export_out_names(member_dir, prepared_root, tmp_path, capsys):
+    """``export --out FILE`` then ``predict --onnx FILE``: that file runs; another model's is refused."""
+    onnx_file = tmp_path / "elsewhere" / "r18.onnx"
+    onnx_file.parent.mkdir()
+    assert main(["export", str(member_dir), "--out", str(onnx_file)]) == 0
+    args = ["predict", "--prepared", str(prepared_root), "--model", str(member_dir),
+            "--onnx", str(onnx_file), *FP32, "tta.views=[identity]"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "p"), "runtime=onnx"]) == 0
+    info = json.loads((tmp_path / "p" / "predict.json").read_text())
+    assert info["engine"]["model"] == str(onnx_file)
+    assert not (member_dir / "model.onnx").exists()
+    capsys.readouterr()
+
+    assert main([*args, "--out", str(tmp_path / "q")]) == 2  # no runtime=onnx
+    assert "add runtime=onnx" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "q"), "runtime=onnx", "precision=fp16"]) == 2
+    assert "is an fp32 export but precision=fp16" in capsys.readouterr().err
+    other = make_member(tmp_path / "other", prepared_root, seed=9)
+    code = main(["predict", "--prepared", str(prepared_root), "--model", str(other), "--onnx",
+                 str(onnx_file), "--out", str(tmp_path / "q"), *FP32, "runtime=onnx"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "exported from other weights" in err
+    assert not (tmp_path / "q").exists()
 
 
 def test_fp16_export_is_for_gpu_providers_only(member_dir, tmp_path, prepared_root):

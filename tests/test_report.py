@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from docsort.cli.main import main
+from docsort.core.probs import read_probs
 from docsort.data.prepared import Prepared
-from docsort.ensemble.tta_ablation import ablate_tta
+from docsort.ensemble.tta_ablation import ablate_tta, load_ablation
 from docsort.review.compare import compare_candidates
 from docsort.review.report import error_report, log_report_metrics
 from tests.review_fakes import fake_candidate, fake_member, one_hot
@@ -61,7 +62,8 @@ def test_report_on_oof_with_comparison_and_ablation(prepared_root, tmp_path, cap
     assert "(oof)" in out  # the winner's OOF predictions on the training images, by default
     dom = Dom(html.read_text())
     assert len(dom.find("figure", class_="miss")) == n_wrong
-    assert len(dom.find("img", class_="thumb")) == n_wrong  # thumbnails from the original images
+    # thumbnails from the original images
+    assert len(dom.find("img", class_="thumb", **{"data-where": "gallery"})) == n_wrong
     for sid in (
         "confusion-matrix",
         "per-class",
@@ -74,7 +76,8 @@ def test_report_on_oof_with_comparison_and_ablation(prepared_root, tmp_path, cap
     text = html.read_text()
     assert (
         "out-of-fold predictions on the training images" in text
-        and "Recommended views: <b>identity</b>" in text
+        and f"Recommended views: <b>{'+'.join(load_ablation(tmp_path / 'abl').recommended)}</b>"
+        in text
     )
     md = (tmp_path / "out" / "summary.md").read_text()
     assert "Winner: **c1814**" in md and "- misclassified: " + str(n_wrong) in md
@@ -120,7 +123,12 @@ def test_report_falls_back_to_the_cache_and_refuses_unlabelled_sets(
     r = error_report(prep_copy, cand, tmp_path / "r.html")
     assert (
         r.on == "oof"
-        and len(Dom((tmp_path / "r.html").read_text()).find("img", class_="thumb")) == n_wrong
+        and len(
+            Dom((tmp_path / "r.html").read_text()).find(
+                "img", class_="thumb", **{"data-where": "gallery"}
+            )
+        )
+        == n_wrong
     )
     (cand / "oof.csv").unlink()
     (prep_copy / "test_labels.csv").unlink()
@@ -171,7 +179,8 @@ def test_report_in_headless_chromium(prepared_root, tmp_path):
     dom = Dom(_browse(tmp_path, html, "--dump-dom").stdout)
     (body,) = dom.find("body")
     assert body.get("data-confusion-loaded") == "true"
-    assert body.get("data-thumbs-loaded") == f"{n_wrong}/{n_wrong}"  # every thumbnail decoded
+    n_thumbs = len(dom.find("img", class_="thumb"))  # the gallery's and the hard cases'
+    assert n_thumbs > n_wrong and body.get("data-thumbs-loaded") == f"{n_thumbs}/{n_thumbs}"
     assert len(dom.find("figure", class_="miss")) == n_wrong
     shot = tmp_path / "report.png"
     try:
@@ -179,3 +188,76 @@ def test_report_in_headless_chromium(prepared_root, tmp_path):
     except subprocess.CalledProcessError:
         pytest.fail("chromium could not take the screenshot")
     assert np.asarray(Image.open(shot).convert("L")).std() > 10
+
+
+def _two_candidates(prepared_root, tmp_path):
+    """Candidates 1814 and 1824: the same OOF, test predictions that differ on every third image."""
+    prep = Prepared(prepared_root)
+    a, _ = _oof_candidate(prepared_root, tmp_path, "c1814")
+    ids, probs, _ = read_probs(a / "probs.csv")
+    other = probs.copy()
+    other[::3] = np.roll(other[::3], 2, axis=1)
+    b = fake_candidate(tmp_path / "c1824", "c1824", ids, other, members=2, oof_macro_f1=0.81,
+                       oof=(prep.index["ID"].tolist(), prep.index["target"].tolist(), read_probs(a / "oof.csv")[1]))  # fmt: skip
+    return a, b, {"c1814": probs, "c1824": other}, ids
+
+
+def _rows(dom: Dom, table: str) -> list[str]:
+    return [r["data-id"] for r in dom.find("tr", inside=table) if r.get("data-id")]
+
+
+def test_report_with_two_candidates_shows_where_they_disagree(prepared_root, tmp_path):
+    a, b, probs, ids = _two_candidates(prepared_root, tmp_path)
+    cmp = compare_candidates(prepared_root, [a, b], tmp_path / "cmp")
+    html = tmp_path / "r.html"
+    r = error_report(prepared_root, None, html, comparison=cmp)
+    dom = Dom(html.read_text())
+    differ = [
+        i for i, x, y in zip(ids, *(p.argmax(1) for p in probs.values()), strict=True) if x != y
+    ]
+    assert 0 < len(differ) < len(ids)
+    assert sorted(_rows(dom, "disagree-table")) == sorted(differ)
+    shown = dom.find("img", class_="thumb", **{"data-where": "disagree"})
+    assert sorted(t["alt"] for t in shown) == sorted(differ)  # every row has its image
+    hard = pd.read_csv(Prepared(prepared_root).file("hardcases.csv"))
+    assert _rows(dom, "hardcase-table") == hard["ID"].astype(str).tolist()
+    assert len(dom.find("img", class_="thumb", **{"data-where": "hardcases"})) == len(hard)
+    # the truth is known for test images with labels: those rows are coloured right/wrong
+    labels = pd.read_csv(Prepared(prepared_root).file("test_labels.csv"))
+    assert set(differ) & set(labels["ID"]) and 'class="ok"' in html.read_text()
+    assert r.hardcases and "hard cases in the comparison" in r.hardcases[-1]
+    md = (tmp_path / "summary.md").read_text()
+    assert f"{len(differ)} of {len(ids)} test images get different predictions" in md
+
+
+def test_report_reads_a_comparison_whose_candidate_folders_moved(prepared_root, tmp_path):
+    a, b, _, _ = _two_candidates(prepared_root, tmp_path)
+    cmp = compare_candidates(prepared_root, [a, b], tmp_path / "cmp")
+    shutil.rmtree(b)
+    html = tmp_path / "r.html"
+    error_report(prepared_root, None, html, comparison=cmp)
+    text = html.read_text()
+    assert "Not read: c1824" in text and "Needs at least two candidates" in text
+
+
+@pytest.mark.slow
+def test_two_candidate_report_in_headless_chromium(prepared_root, tmp_path):
+    """The review tool on real prepared data at 1,400 px: no sideways scroll, pictures decode."""
+    from tests.test_report_html import _browse
+
+    a, b, probs, ids = _two_candidates(prepared_root, tmp_path)
+    cmp = compare_candidates(prepared_root, [a, b], tmp_path / "cmp")
+    html = error_report(prepared_root, None, tmp_path / "report.html", comparison=cmp).html
+    dom = Dom(_browse(tmp_path, html, "--dump-dom", "--window-size=1400,1000").stdout)
+    (body,) = dom.find("body")
+    assert body.get("data-reliability-loaded") == "true"
+    assert body.get("data-confusion-loaded") == "true"
+    n = len(dom.find("img", class_="thumb"))
+    assert body.get("data-thumbs-loaded") == f"{n}/{n}"
+    assert int(body["data-scroll-width"]) <= 1400
+    differ = sum(x != y for x, y in zip(*(p.argmax(1) for p in probs.values()), strict=True))
+    assert len(_rows(dom, "disagree-table")) == differ
+    shot = tmp_path / "report-1400.png"
+    _browse(tmp_path, html, f"--screenshot={shot}", "--window-size=1400,6000")
+    assert np.asarray(Image.open(shot).convert("L")).std() > 10
+    print(f"screenshot: {shot}")

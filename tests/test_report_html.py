@@ -16,7 +16,7 @@ from PIL import Image
 from docsort.core.errors import DocsortError
 from docsort.ensemble.tta_ablation import tta_ablation
 from docsort.review.compare import score_candidates
-from docsort.review.report_html import write_report, write_summary_md
+from docsort.review.report_html import FULL_MAX, PerImage, write_report, write_summary_md
 
 CLASSES = ["letter", "memo", "form", "invoice"]
 HOSTILE_CLASS = "<script>alert(1)</script>"
@@ -34,9 +34,18 @@ class Dom(HTMLParser):
     def handle_starttag(self, tag, attrs):
         self.tags.append((tag, dict(attrs)))
 
-    def find(self, tag: str | None = None, **attrs) -> list[dict[str, str | None]]:
+    def find(
+        self, tag: str | None = None, *, inside: str | None = None, **attrs
+    ) -> list[dict[str, str | None]]:
+        """Tags matching ``attrs``; ``inside`` an element id: only between it and the next tag of its kind."""
+        tags = self.tags
+        if inside is not None:
+            (start,) = [n for n, (_, a) in enumerate(tags) if a.get("id") == inside]
+            kind = tags[start][0]
+            end = next((n for n in range(start + 1, len(tags)) if tags[n][0] == kind), len(tags))
+            tags = tags[start + 1 : end]
         out = []
-        for t, a in self.tags:
+        for t, a in tags:
             if tag is not None and t != tag:
                 continue
             if all(
@@ -126,13 +135,20 @@ def test_report_structure(tmp_path):
     assert sorted(m["data-id"] for m in misses) == sorted(ids[i] for i in wrong)
     (cm,) = dom.find("img", id="confusion")
     assert _decode(cm["src"]).format == "PNG"
-    thumbs = dom.find("img", class_="thumb")
-    assert len(thumbs) == len(wrong) - (5 in wrong)  # the missing image gets a placeholder
-    for t in thumbs:
+    (rel,) = dom.find("img", id="reliability-diagram")
+    assert _decode(rel["src"]).format == "PNG"
+    gallery = dom.find("img", class_="thumb", **{"data-where": "gallery"})
+    assert len(gallery) == len(wrong) - (5 in wrong)  # the missing image gets a placeholder
+    hard_rows = dom.find("tr", inside="comparison-table")
+    assert [r["data-id"] for r in hard_rows if r.get("data-id")] == ids[:6]  # with thumbnails
+    assert len(dom.find("img", class_="thumb", **{"data-where": "comparison"})) == 5  # not ids[5]
+    for t in gallery:
         im = _decode(t["src"])
         assert im.format == "JPEG" and max(im.size) <= 160
+    _check_full_size_links(dom)
     for sid in (
         "confusion-matrix",
+        "reliability",
         "per-class",
         "confused-pairs",
         "gallery",
@@ -140,6 +156,15 @@ def test_report_structure(tmp_path):
         "tta-ablation",
     ):
         assert dom.find("section", id=sid), sid
+    # each confused cell of the matrix and each confused pair links to its gallery group
+    groups = {a["id"] for a in dom.find("div", class_="group")}
+    cells = [a["href"] for a in dom.find("a", class_="cell")]
+    assert cells and {c[1:] for c in cells} == groups
+    pair_links = [a["href"] for a in dom.find("a", inside="confused-pairs") if a.get("href")]
+    assert pair_links and {h[1:] for h in pair_links} <= groups
+    first = max(groups, key=lambda g: len(dom.find("figure", inside=g)))
+    t, q = map(int, first.split("-")[1:])
+    assert all(y[ids.index(f["data-id"])] == t for f in dom.find("figure", inside=first))
     # self-contained: nothing but inline data and in-page anchors
     for _, attrs in dom.tags:
         for key in ("src", "href"):
@@ -147,6 +172,79 @@ def test_report_structure(tmp_path):
                 assert attrs[key].startswith(("data:", "#")), attrs[key]
     assert "c1814" in text and "stamp hides title" in text
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temp files left
+
+
+def _check_full_size_links(dom: Dom) -> None:
+    """Every thumbnail sits in a link to its image at full size (a JPEG data URI, larger than the thumbnail)."""
+    thumbs = [
+        n for n, (t, a) in enumerate(dom.tags) if t == "img" and "thumb" in (a.get("class") or "")
+    ]
+    assert thumbs
+    for n in thumbs:
+        tag, link = dom.tags[n - 1]
+        assert tag == "a" and link.get("class") == "full", "thumbnail without a full-size link"
+        full, thumb = _decode(link["href"]), _decode(dom.tags[n][1]["src"])
+        assert full.format == "JPEG" and max(full.size) <= FULL_MAX
+        assert max(full.size) >= max(thumb.size)
+
+
+def _disagreeing(probs: dict[str, np.ndarray]) -> list[int]:
+    """Rows where the candidates' top classes are not all the same."""
+    top = np.stack([p.argmax(1) for p in probs.values()])
+    return [i for i in range(top.shape[1]) if len(set(top[:, i])) > 1]
+
+
+def _review_sets(n: int = 30, seed: int = 7):
+    """Two candidates on ``n`` test images (a few labelled, a few with verdicts) and the hard cases."""
+    ids, y, p = _data(n=n, seed=seed)
+    ids = [f"test_{i:03d}.jpg" for i in range(n)]
+    rng = np.random.default_rng(seed)
+    other = p.copy()
+    flip = rng.random(n) < 0.3
+    other[flip] = np.roll(other[flip], 1, axis=1)
+    probs = {"c1814": p, "c1824": other}
+    truth = np.where(np.arange(n) % 3 == 0, y, -1)
+    kinds = ["hard" if i % 5 == 0 else "" for i in range(n)]
+    notes = ["stamp over title" if i % 10 == 0 else "" for i in range(n)]
+    dis = PerImage(ids, probs, truth=truth, kinds=kinds, notes=notes, image_loader=_loader)
+    hard_idx = [i for i in range(n) if kinds[i]]
+    hard = PerImage(
+        [ids[i] for i in hard_idx],
+        {c: q[hard_idx] for c, q in probs.items()},
+        truth=y[hard_idx],
+        kinds=[kinds[i] for i in hard_idx],
+        notes=[notes[i] for i in hard_idx],
+        image_loader=_loader,
+    )
+    return dis, hard, probs
+
+
+def test_disagreement_and_hard_case_views(tmp_path):
+    ids, y, p = _data()
+    dis, hard, probs = _review_sets()
+    out = write_report(tmp_path / "r.html", class_names=CLASSES, ids=ids, targets=y, probs=p,
+                       image_loader=_loader, disagreements=dis, hardcases=hard)  # fmt: skip
+    dom = Dom(out.read_text())
+    expected = _disagreeing(probs)
+    assert 0 < len(expected) < len(dis.ids)
+    rows = [r for r in dom.find("tr", inside="disagree-table") if r.get("data-id")]
+    assert sorted(r["data-id"] for r in rows) == sorted(dis.ids[i] for i in expected)
+    assert len(dom.find("img", class_="thumb", **{"data-where": "disagree"})) == len(expected)
+    hard_rows = [r["data-id"] for r in dom.find("tr", inside="hardcase-table") if r.get("data-id")]
+    assert hard_rows == hard.ids
+    assert len(dom.find("img", class_="thumb", **{"data-where": "hardcases"})) == len(hard.ids)
+    _check_full_size_links(dom)
+    # each candidate's prediction and probability per row, coloured where the truth is known
+    text = out.read_text()
+    first = dis.ids[expected[0]]
+    for c in probs:
+        assert f"<th>{c} p</th>" in text
+    k = int(probs["c1824"][expected[0]].argmax())
+    assert f"{probs['c1824'][expected[0], k]:.3f}" in text and first in text
+    md = write_summary_md(
+        tmp_path / "s.md", class_names=CLASSES, targets=y, probs=p, disagreements=dis
+    ).read_text()
+    assert f"{len(expected)} of {len(dis.ids)} test images get different predictions" in md
 
 
 def test_report_escapes_user_text(tmp_path):
@@ -253,7 +351,9 @@ def test_report_in_headless_chromium(tmp_path):
     dom = Dom(_browse(tmp_path, html_file, "--dump-dom").stdout)
     (body,) = dom.find("body")
     assert body.get("data-confusion-loaded") == "true"  # the picture decoded in the browser
-    assert body.get("data-thumbs-loaded") == f"{n_wrong}/{n_wrong}"
+    n_thumbs = n_wrong + 6  # the gallery's and the hard cases' (every one has an image)
+    assert len(dom.find("img", class_="thumb")) == n_thumbs
+    assert body.get("data-thumbs-loaded") == f"{n_thumbs}/{n_thumbs}"
     assert len(dom.find("figure", class_="miss")) == n_wrong
 
     shot = tmp_path / "report.png"
@@ -288,3 +388,79 @@ def test_escaping_in_headless_chromium(tmp_path):
     assert not [a for _, a in dom.tags if "onerror" in a]
     assert dom.find("body")[0].get("data-confusion-loaded") == "true"
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dumped  # shown as text
+
+
+def _with_test_script(html_file: Path, script: str) -> Path:
+    """A copy of the report that also runs ``script`` (its hash added to the page's policy)."""
+    import hashlib
+
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    text = html_file.read_text()
+    assert text.count("script-src 'sha256-") == 1
+    text = text.replace("script-src 'sha256-", f"script-src 'sha256-{digest}' 'sha256-", 1)
+    text = text.replace("</body>", f"<script>{script}</script></body>", 1)
+    out = html_file.with_name("clicked-" + html_file.name)
+    out.write_text(text)
+    return out
+
+
+def _sort_filter_open(table_id: str, column: int, query: str) -> str:
+    """A script that sorts ``table_id`` by a header click, opens its first thumbnail, then filters it."""
+    return (
+        f"var t=document.getElementById('{table_id}');t.tHead.rows[0].cells[{column}].click();"
+        f"document.querySelector('#{table_id} a.full').click();"
+        f"var f=document.querySelector('input.filter[data-table={table_id}]');"
+        f"f.value='{query}';f.dispatchEvent(new Event('input'));"
+    )
+
+
+@pytest.mark.slow
+def test_review_tool_in_headless_chromium(tmp_path):
+    """At 1,400 px: no sideways scroll, every picture decodes, a header click sorts, a thumbnail opens."""
+    ids, y, p = _data(n=40, seed=5)
+    comp, abl = _extras(ids, y, p)
+    dis, hard, probs = _review_sets()
+    html_file = write_report(tmp_path / "report.html", class_names=CLASSES, ids=ids, targets=y, probs=p,
+                             image_loader=_loader, comparison=comp, ablation=abl, disagreements=dis,
+                             hardcases=hard)  # fmt: skip
+    dom = Dom(_browse(tmp_path, html_file, "--dump-dom", "--window-size=1400,1000").stdout)
+    (body,) = dom.find("body")
+    assert body.get("data-confusion-loaded") == "true"
+    assert body.get("data-reliability-loaded") == "true"
+    n_thumbs = len(dom.find("img", class_="thumb"))
+    assert n_thumbs > 0 and body.get("data-thumbs-loaded") == f"{n_thumbs}/{n_thumbs}"
+    assert int(body["data-scroll-width"]) <= 1400  # no horizontal scroll
+    expected = _disagreeing(probs)
+    before = [r["data-id"] for r in dom.find("tr", inside="disagree-table") if r.get("data-id")]
+    assert len(before) == len(expected)
+
+    # click the "c1824 p" header (ascending), then open the first row's thumbnail
+    column = 4 + 2 * 1 + 1
+    query = dis.ids[expected[-1]]
+    clicked = _with_test_script(html_file, _sort_filter_open("disagree-table", column, query))
+    dom = Dom(_browse(tmp_path, clicked, "--dump-dom", "--window-size=1400,1000").stdout)
+    rows = [r for r in dom.find("tr", inside="disagree-table") if r.get("data-id")]
+    assert [r["data-id"] for r in rows if "hidden" not in r] == [query]  # the filter
+    order = [r["data-id"] for r in rows]
+    q = probs["c1824"]
+    want = sorted((dis.ids[i] for i in expected), key=lambda i: round(q[dis.ids.index(i)].max(), 3))
+    assert [round(q[dis.ids.index(i)].max(), 3) for i in order] == [
+        round(q[dis.ids.index(i)].max(), 3) for i in want
+    ]
+    assert order != before  # the click changed the order
+    (box,) = dom.find("div", id="lightbox")
+    assert "hidden" not in box  # the viewer is open
+    (big,) = dom.find("img", id="lightbox-img")
+    first = [a for a in dom.find("a", class_="full", inside="disagree-table")][0]
+    assert big["src"] == first["href"] and _decode(big["src"]).format == "JPEG"
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    for name, page, size in (
+        ("report-1400.png", html_file, "1400,5200"),
+        ("viewer-1400.png", clicked, "1400,900"),
+    ):
+        _browse(tmp_path, page, f"--screenshot={shots / name}", f"--window-size={size}")
+        im = Image.open(shots / name).convert("L")
+        assert im.size[0] == 1400 and np.asarray(im).std() > 10
+    print(f"screenshots: {shots}")

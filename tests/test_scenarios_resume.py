@@ -137,7 +137,7 @@ def test_identity_is_every_key_but_speed_logging_and_prepare_keys():
     assert set(all_keys()) - set(identity_keys()) == {
         "threads", "device", "runtime", "train.num_workers", "train.compile",
         "train.channels_last", "tta.batch_size", "tta.workers", "tta.shard_size",
-        "tracking.wandb", "tracking.project", "data.num_folds", "data.group_column",
+        "tracking.wandb", "tracking.project", "tracking.group", "data.num_folds", "data.group_column",
         "data.max_pixels", "data.exclude_label_errors", "data.correct_label_errors",
     }  # fmt: skip
     assert {"fold", "seed", "train.lr", "model.name", "train.epochs"} <= set(identity_keys())

@@ -236,7 +236,7 @@ def test_5_submission_refuses_tables_that_are_not_distributions(
     world, tmp_path, label, edit, expect
 ):
     frame = pd.read_csv(world.cand / "probs.csv", dtype={"ID": str}, keep_default_na=False)
-    cols = [c for c in frame.columns if c != "ID"]
+    cols = [c for c in frame.columns if c[:1] == "p" and c[1:].isdigit()]  # not pred_*
     frame[cols] = edit(frame[cols].to_numpy(dtype=float))
     frame.to_csv(tmp_path / "probs.csv", index=False)
     before = snapshot(tmp_path)

@@ -45,17 +45,19 @@ def test_hand_counts_files_and_recommendation(tmp_path, capsys):
     assert _row(table, "flip").broken == 3
     assert (_row(table, "identity+rot180").fixed, _row(table, "identity+rot180").broken) == (1, 0)
     info = json.loads((out / "recommended.json").read_text())
-    assert info["views"] == ["rot180"]  # perfect alone, and one view beats two
-    assert info["override"] == "tta.views=[rot180]"
+    assert info["best"] == ["rot180"]  # perfect alone, and one view beats two ...
+    # ... but on four images that is no evidence: the prior (configured views present) stays
+    prior = ["identity", "rot90", "rot180", "flip"]
+    assert info["views"] == info["prior"] == prior and info["decided_by"] == "prior"
+    assert info["override"] == "tta.views=[identity,rot90,rot180,flip]"
     assert info["identity_macro_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
-    assert info["macro_f1"] == 1.0 and info["rows"] == 4
-    assert list(load_config([info["override"]]).tta.views) == [
-        "rot180"
-    ]  # usable as an override as is
+    assert info["macro_f1"] == _row(table, "+".join(prior)).macro_f1 and info["rows"] == 4
+    assert list(load_config([info["override"]]).tta.views) == prior  # usable as an override as is
     assert yaml.safe_load((out / "recommended.yaml").read_text()) == {
-        "tta": {"views": ["rot180"], "merge": "mean"}
+        "tta": {"views": prior, "merge": "mean"}
     }
-    assert "Recommended: rot180" in printed and "identity+rot90" in printed
+    assert "Recommended: identity+rot90+rot180+flip" in printed and "identity+rot90" in printed
+    assert "does not separate" in printed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["abl", "m"]  # no temporary leftovers
 
 
@@ -73,10 +75,10 @@ def test_members_are_pooled_per_image(tmp_path):
     assert rot.accuracy == pytest.approx(6 / 8) and _row(t, "identity").accuracy == pytest.approx(
         3 / 8
     )
-    assert abl.recommended == ("rot90",)
+    assert abl.table.iloc[0]["views"] == "rot90" and abl.recommended == ("identity", "rot90")
     info = json.loads((tmp_path / "abl" / "recommended.json").read_text())
     assert info["rows"] == 8
-    assert info["per_member"] == {"resnet18-f0": ["identity"], "resnet18-f1": ["rot90"]}
+    assert info["per_member"] == {"resnet18-f0": ["identity", "rot90"], "resnet18-f1": ["identity", "rot90"]}  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "abl" / "members").iterdir()) == [
         "resnet18-f0.csv",
         "resnet18-f1.csv",
@@ -93,7 +95,7 @@ def test_members_are_pooled_per_image(tmp_path):
 
 def test_ids_are_never_unpickled(tmp_path):
     m = fake_member(tmp_path / "m", IDS, Y, {"identity": IDENTITY, "rot90": ROT90}, object_ids=True)
-    assert ablate_tta([m]).recommended == ("identity",)  # IDs came from oof.csv
+    assert ablate_tta([m]).table.iloc[0]["views"] == "identity"  # IDs came from oof.csv
     (m / "oof.csv").unlink()
     with pytest.raises(DocsortError, match="no readable IDs"):
         ablate_tta([m])
@@ -120,7 +122,9 @@ def test_on_a_trained_member(trained_member, tmp_path, capsys):
     }  # fmt: skip
     assert (table.loc[table["views"] == "identity", ["fixed", "broken"]].to_numpy() == 0).all()
     info = json.loads((out / "recommended.json").read_text())
-    assert info["merge"] == "geomean" and info["views"] == table.iloc[0]["views"].split("+")
+    assert info["merge"] == "geomean" and info["best"] == table.iloc[0]["views"].split("+")
+    assert len(info["prior"]) == 8 and info["decided_by"] in ("evidence", "prior")
+    assert info["views"] == (info["best"] if info["views"] != info["prior"] else info["prior"])
     assert info["override"] in capsys.readouterr().out
 
 

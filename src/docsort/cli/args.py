@@ -12,6 +12,8 @@ import difflib
 import os
 import re
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import NoReturn
 
 from docsort.core.errors import DocsortError, safe_text
@@ -91,6 +93,51 @@ def check_moved_prepared(
             f"(docsort {args.command} --prepared {stray[0]} ...)"
         )
     parser.error("the following arguments are required: --prepared")
+
+
+#: Where a stage command writes when ``--out`` is not given: ``runs/<command>/<UTC time>``.
+RUNS = "runs"
+STAMP = "%Y-%m-%d_%H-%M-%S"
+
+
+def add_out(p: argparse.ArgumentParser, command: str, help: str) -> None:
+    """An optional ``--out DIR``: without it the command writes to a new dated folder under
+    ``runs/<command>/`` (see :func:`resolve_out`), so a quick run needs no name."""
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help=f"{help} (default: a new {RUNS}/{command}/<UTC time>)",
+    )
+    p.set_defaults(out_command=command)
+
+
+def run_folder(
+    command: str, *, root: str | os.PathLike = RUNS, now: datetime | None = None
+) -> Path:
+    """Make and return a new ``root/command/<YYYY-mm-dd_HH-MM-SS>`` (UTC) folder; when that one
+    exists, the first free ``...-2``, ``...-3``: made here, so two runs never share one."""
+    stamp = (now or datetime.now(UTC)).strftime(STAMP)
+    base = Path(root) / command
+    for n in range(1, 10_000):
+        path = base / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return path
+    raise DocsortError(f"no free run folder for {stamp}", file=str(base))
+
+
+def resolve_out(args: argparse.Namespace) -> str:
+    """``args.out``, or a new run folder of the command when ``--out`` was not given (and a line
+    on stderr naming it). Call it after the inputs are checked, so a refused command makes none."""
+    if args.out is None:
+        from docsort.core.console import say
+
+        args.out = str(run_folder(args.out_command))
+        say(f"writing to {args.out}")
+    return args.out
 
 
 def is_uri(path: str | os.PathLike) -> bool:

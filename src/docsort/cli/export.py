@@ -1,14 +1,14 @@
-"""``docsort export``: a trained member as an ONNX file for onnxruntime / TensorRT.
+"""``docsort export``: a trained member (or each fold of a bundle) as ONNX for onnxruntime / TensorRT.
 
-``docsort predict ... runtime=onnx``
-uses onnxruntime directly (exporting on the fly, or using ``MODEL_DIR/model.onnx``
-when it was exported from the same weights).
+``docsort predict ... runtime=onnx`` runs the export it finds at
+``MODEL_DIR/model.onnx`` (the default here), or the file ``--onnx FILE`` names,
+after checking it was exported from the same weights; without one it exports
+on the fly.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from docsort.cli.args import add_command, exists
 
@@ -20,7 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export",
         "Export a trained model folder to ONNX (dynamic batch axis; checked against torch).",
     )
-    p.add_argument("model", metavar="MODEL_DIR", help="a model folder written by `docsort train`")
+    p.add_argument(
+        "model",
+        metavar="MODEL_DIR",
+        help="a model folder or fold bundle (fold=all) written by `docsort train`",
+    )
     p.add_argument(
         "--format", choices=("onnx",), default="onnx", help="export format (default: onnx)"
     )
@@ -33,23 +37,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         default=None,
-        help="output file (default: MODEL_DIR/model.onnx, which `predict runtime=onnx` picks up)",
+        help="output file (default: MODEL_DIR/model.onnx, or fold*/model.onnx of a bundle, which "
+        "`predict runtime=onnx` picks up; another file: `predict --onnx FILE`)",
     )
     p.set_defaults(func=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
     exists(args.model, "model folder")
-    from docsort.models.onnx_export import export_onnx, read_metadata
+    from docsort.models.onnx_export import export_model, read_metadata
 
-    out = Path(args.out) if args.out else Path(args.model) / "model.onnx"
-    path = export_onnx(args.model, out, opset=args.opset, fp16=args.fp16)
-    meta = read_metadata(path)
     note = (
         " (runs on CUDA/TensorRT providers only)"
         if args.fp16
         else " (checked: onnxruntime matches torch within 1e-4)"
     )
-    print(f"exported {meta['docsort.arch']} {meta['docsort.precision']} opset {args.opset}, input (batch, {meta['docsort.channels']}, "
-          f"{meta['docsort.image_size']}, {meta['docsort.image_size']}) to {path}{note}")  # fmt: skip
+    for path in export_model(args.model, args.out, opset=args.opset, fp16=args.fp16):
+        meta = read_metadata(path)
+        print(f"exported {meta['docsort.arch']} {meta['docsort.precision']} opset {args.opset}, input (batch, "
+              f"{meta['docsort.channels']}, {meta['docsort.image_size']}, {meta['docsort.image_size']}) to {path}{note}")  # fmt: skip
     return 0

@@ -11,18 +11,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from docsort.cli import cluster, data, export, review
+from docsort.cli import cluster, config, data, evaluate, export, review
 from docsort.cli.args import (
     Parser,
     add_command,
+    add_out,
+    add_overrides,
     add_prepared,
     check_moved_prepared,
     exists,
+    resolve_out,
 )
+from docsort.core import console
+from docsort.core.console import LOG_NAME
 from docsort.core.errors import DocsortError, SafeStream, from_os_error, safe_log_records
 
 _OVERWRITE = "start again when --out holds other work (removes only what docsort wrote there)"
@@ -48,10 +55,10 @@ def _register_stages(sub: argparse._SubParsersAction) -> None:
         sub,
         "prepare",
         "Validate a dataset, make stratified folds, cache resized images.",
-        overrides=True,
     )
     p.add_argument("data", metavar="DATA", help="dataset root: a folder or s3://bucket/prefix")
-    p.add_argument("--out", required=True, help="prepared folder to write")
+    add_overrides(p)  # after DATA: `prepare DATA NAME=VALUE ...` without --out must parse
+    add_out(p, "prepare", "prepared folder to write")
     p.set_defaults(func=_prepare)
 
     p = add_command(
@@ -61,7 +68,7 @@ def _register_stages(sub: argparse._SubParsersAction) -> None:
         overrides=True,
     )
     add_prepared(p, moved=True)
-    p.add_argument("--out", required=True, help="model folder (or fold bundle) to write")
+    add_out(p, "train", "model folder (or fold bundle) to write")
     p.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     p.set_defaults(func=_train)
 
@@ -72,8 +79,11 @@ def _register_stages(sub: argparse._SubParsersAction) -> None:
         overrides=True,
     )
     add_prepared(p, moved=True)
-    p.add_argument("--model", required=True, help="a model folder written by `docsort train`")
-    p.add_argument("--out", required=True, help="prediction folder to write")
+    p.add_argument("--model", required=True,
+                   help="a model folder or fold bundle (fold=all: the folds' mean) written by `docsort train`")  # fmt: skip
+    add_out(p, "predict", "prediction folder to write")
+    p.add_argument("--onnx", default=None, metavar="FILE",
+                   help="with runtime=onnx: a file written by `docsort export` (default: MODEL/model.onnx when there)")  # fmt: skip
     p.add_argument("--split", choices=("test", "train"), default="test",
                    help="images to predict (default: test)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
@@ -140,10 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         version=f"docsort {__import__('docsort').__version__}",
         help="print docsort's version and exit",
     )
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="show library output (Lightning, W&B, kfp's task logs) as well; "
+                         f"it always goes to {LOG_NAME} in the output folder")  # fmt: skip
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND",
                             help="run `docsort COMMAND --help` for its arguments")  # fmt: skip
     _register_stages(sub)
-    for module in (review, export, cluster, data):
+    for module in (review, export, cluster, data, config, evaluate):
         module.register(sub)
     return ap
 
@@ -163,6 +176,7 @@ def _sample_data(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     exists(args.data, "dataset folder")
+    resolve_out(args)
     from docsort.data.prepare import prepare
 
     print(f"prepared data written to {prepare(args.data, args.out, args.overrides)}")
@@ -171,6 +185,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     exists(args.prepared, "prepared folder")
+    resolve_out(args)
     if args.out.startswith("s3://"):  # a Katib trial: train in scratch space, keep the member on S3
         from docsort.sweep.results import train_to_s3
 
@@ -186,10 +201,12 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     exists(args.prepared, "prepared folder")
     exists(args.model, "model folder")
+    exists(args.onnx, "ONNX file")
+    resolve_out(args)
     from docsort.predict.predict import predict
 
     out = predict(args.prepared, args.model, args.out, args.overrides, split=args.split,
-                  overwrite=args.overwrite)  # fmt: skip
+                  overwrite=args.overwrite, onnx=args.onnx)  # fmt: skip
     print(f"predictions written to {out}")
     return 0
 
@@ -213,9 +230,11 @@ def _run_pipeline(args: argparse.Namespace) -> int:
 
     params = parse_params(args.param, load_pipeline(args.pipeline), complete=True)
     output = run_local(args.pipeline, args.out, params, cache=not args.no_cache)
-    print(f"\nrun finished; artifacts under {Path(args.out).resolve()}")
+    rows: list[tuple[str, object]] = [("artifacts", Path(args.out).resolve())]
     if output is not None:
-        print(f"pipeline output: {output.path}")
+        rows.append(("pipeline output", output.path))
+    rows.append(("full log", Path(args.out).resolve() / LOG_NAME))
+    console.summary(f"{Path(args.pipeline).name}: done", rows)
     return 0
 
 
@@ -249,8 +268,48 @@ def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.A
     return sub.choices[command]
 
 
+def _without_verbose(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """``-v``/``--verbose`` may come anywhere before ``--`` (after the subcommand too)."""
+    argv = list(argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = {"-v", "--verbose"}
+    found = any(a in flags for a in argv[:end])
+    return [a for a in argv[:end] if a not in flags] + argv[end:], found
+
+
+@contextlib.contextmanager
+def _command_log(args: argparse.Namespace, argv: Sequence[str]) -> Iterator[None]:
+    """Library output goes to a log file, which ends up in the command's ``--out`` folder.
+
+    The log is written to a temporary file while the command runs (the output
+    folder may not exist yet, and an existing one must not change before the
+    stage's checks), then appended to ``<out>/docsort.log`` when the command
+    leaves a local folder there; otherwise it is dropped.
+    """
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="docsort-", suffix=".log")
+    os.close(fd)
+    tmp = Path(name)
+    ok = False
+    try:
+        with console.capture(tmp):
+            logging.getLogger("docsort").info("docsort %s", " ".join(argv))
+            yield
+        ok = True
+    finally:
+        out = getattr(args, "out", None)
+        folder = Path(out) if isinstance(out, str) and not out.startswith("s3://") else None
+        if ok and folder is not None and folder.is_dir():
+            with contextlib.suppress(OSError), open(folder / LOG_NAME, "a", encoding="utf-8") as f:
+                f.write(tmp.read_text(encoding="utf-8", errors="replace"))
+        tmp.unlink(missing_ok=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv, verbose = _without_verbose(sys.argv[1:] if argv is None else argv)
+    console.set_verbose(verbose)
     args, extra = parser.parse_known_args(argv)
     command = _command_parser(parser, args.command)
     if any(getattr(a, "moved_prepared", False) for a in command._actions):
@@ -263,7 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         # names from the user's files (class names, IDs) reach the terminal escaped
-        with contextlib.redirect_stdout(SafeStream(sys.stdout)), safe_log_records():
+        with (
+            contextlib.redirect_stdout(SafeStream(sys.stdout)),
+            safe_log_records(),
+            _command_log(args, argv),
+        ):
             return int(args.func(args) or 0)
     except DocsortError as err:
         print(f"docsort: error: {err}", file=sys.stderr)  # DocsortError made its text safe

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from docsort.cli.args import add_command, add_overrides, exist, exists
+from docsort.cli.args import add_command, add_out, add_overrides, exist, exists, resolve_out
 from docsort.core.choices import (
     HARDCASE_KINDS,
     MERGES,
@@ -35,6 +35,16 @@ def _hardcases_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _alpha_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help=f"significance level {what} must beat the stated prior at (exact McNemar "
+        "p < alpha; default 0.05); otherwise the prior is kept",
+    )
+
+
 def _view_list(text: str) -> list[str]:
     """``--views a,b,c``: known view names only (a tta-ablation folder goes to --views-from)."""
     views = [v.strip() for v in text.split(",") if v.strip()]
@@ -52,13 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "tta-ablation",
-        "Score each TTA view and every subset of views on OOF predictions; recommend the best subset.",
+        "Score each TTA view and every subset of views on OOF predictions; recommend a subset only if it beats the configured views.",
     )
     p.add_argument(
         "models",
         nargs="+",
         metavar="MODEL_DIR",
-        help="model folders or fold bundles written by `docsort train` (with oof_views.npz)",
+        help="model folders or fold bundles written by `docsort train` (with oof_views.npz); "
+        "NAME=VALUE items are config overrides, e.g. tta.views=[identity] (the prior)",
     )
     _merge_option(
         p,
@@ -75,7 +86,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", default=None, help="folder for ablation.csv, recommended.json/.yaml, summary.txt"
     )
     p.add_argument("--top", type=int, default=10, help="rows of the best subsets to print")
-    p.set_defaults(func=_tta_ablation)
+    p.add_argument(
+        "--prior",
+        type=_view_list,
+        default=None,
+        metavar="VIEW,...",
+        help="the views kept unless a subset beats them (default: the configured tta.views)",
+    )
+    _alpha_option(p, "the best subset")
+    p.set_defaults(func=_tta_ablation, overrides=[])  # NAME=VALUE after the options land here
 
     p = add_command(
         sub,
@@ -85,7 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("predictions", nargs="*", metavar="PREDICTION_DIR",
                    help="prediction folders written by `docsort predict` (or give --model and --prepared); "
                         "NAME=VALUE items are prediction overrides such as precision=fp32")  # fmt: skip
-    p.add_argument("--out", required=True, help="candidate folder to write")
+    add_out(p, "ensemble", "candidate folder to write")
     p.add_argument("--model", action="append", default=[],
                    help="the members' model folders or fold bundles, in order (default: the model each predict.json names); "
                         "without prediction folders they are predicted here")  # fmt: skip
@@ -177,8 +196,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--prepared", required=True, metavar="DIR", help="prepared data the candidates ran on"
     )
-    c.add_argument("--out", required=True, help="comparison folder to write")
+    add_out(c, "compare", "comparison folder to write")
     _hardcases_option(c)
+    _alpha_option(c, "the best candidate")
     c.set_defaults(func=_compare)
     c = hs.add_parser(
         "mine",
@@ -266,10 +286,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _tta_ablation(args: argparse.Namespace) -> int:
+    overrides = [m for m in args.models if "=" in m and not Path(m).exists()]
+    overrides += getattr(args, "overrides", [])
+    args.models = [m for m in args.models if m not in overrides]
     exist(args.models, "model folder")
     from docsort.ensemble.tta_ablation import ablate_tta, format_ablation
 
-    abl = ablate_tta(args.models, args.out, merge=args.tta_merge, subsets=args.subsets)
+    abl = ablate_tta(args.models, args.out, merge=args.tta_merge, subsets=args.subsets,
+                     prior=args.prior, alpha=args.alpha, overrides=overrides)  # fmt: skip
     if args.out:
         print((Path(args.out) / "summary.txt").read_text(), end="")
         print(f"\nwritten to {args.out} (ablation.csv, recommended.json, recommended.yaml)")
@@ -285,6 +309,7 @@ def _ensemble(args: argparse.Namespace) -> int:
     exist(args.model, "model folder")
     exists(args.prepared, "prepared folder")
     exists(args.views_from, "TTA ablation folder")
+    resolve_out(args)
     from docsort.ensemble.ensemble import ensemble
 
     views = args.views
@@ -335,9 +360,12 @@ def _compare(args: argparse.Namespace) -> int:
     exist(args.candidates, "candidate folder")
     exists(args.prepared, "prepared folder")
     exists(args.hardcases, "hard-case file")
+    resolve_out(args)
     from docsort.review.compare import compare_candidates
 
-    out = compare_candidates(args.prepared, args.candidates, args.out, hardcases=args.hardcases)
+    out = compare_candidates(
+        args.prepared, args.candidates, args.out, hardcases=args.hardcases, alpha=args.alpha
+    )
     print((out / "comparison.txt").read_text())  # its first line: which hard-case file, how many
     return 0
 

@@ -20,6 +20,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -345,6 +346,7 @@ class TTAConfig(_Section):
 class TrackingConfig(_Section):
     wandb: Annotated[Choice("auto", "offline", "online", "disabled"), NOT_IDENTITY]
     project: Annotated[Text, NOT_IDENTITY]
+    group: Annotated[Nullable(_text), NOT_IDENTITY] = None
 
 
 class Config(_Section):
@@ -448,3 +450,91 @@ def to_yaml(cfg: DictConfig) -> str:
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:
     """Record the resolved config beside a stage's outputs."""
     return write_text_atomic(path, to_yaml(cfg))
+
+
+# --- what a person can look at: the resolved config and the packaged presets -----------------
+
+#: How a preset of a config folder that is not a Hydra group is chosen.
+_CHOSEN_BY = {"hpo": "docsort sweep --space NAME", "k8s": "--k8s-profile NAME"}
+
+
+@dataclass(frozen=True)
+class ConfigGroup:
+    """A folder of presets under ``docsort/conf``: its options, its default, how to pick one."""
+
+    name: str
+    options: tuple[str, ...]
+    default: str | None
+    descriptions: dict[str, str]
+    chosen_by: str
+
+
+def config_sections(cfg: DictConfig) -> list[str]:
+    """The top-level keys of ``cfg`` that hold a mapping (``data``, ``train``, ``model``, ...)."""
+    return [str(k) for k, v in cfg.items() if isinstance(v, DictConfig)]
+
+
+def config_text(overrides: Sequence[str] = (), *, section: str | None = None) -> str:
+    """The resolved, validated config the stages would use for ``overrides`` (or one section
+    of it), as YAML: what ``train`` records beside its outputs, before any work is done."""
+    cfg = load_config(overrides)
+    if section is None:
+        return to_yaml(cfg)
+    sections = config_sections(cfg)
+    if section not in sections:
+        raise ConfigError(
+            f"--section {section!r} is not a config section; choose from: "
+            + ", ".join(_close_first(section, sections))
+        )
+    return to_yaml(cfg[section])
+
+
+def _root_defaults() -> dict[str, str | None]:
+    """``group -> option`` of the root config's defaults list (``experiment: null`` -> None)."""
+    text = resources.files("docsort.conf").joinpath("config.yaml").read_text("utf-8")
+    entries = OmegaConf.to_container(OmegaConf.create(text)).get("defaults", [])
+    return {k: v for e in entries if isinstance(e, dict) for k, v in e.items()}
+
+
+def _description(text: str) -> str:
+    """The first sentence of a YAML file's leading ``#`` comment ("" when it has none)."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        body = line.lstrip("#").strip()
+        if body.startswith("@package"):
+            continue
+        if not body:
+            if lines:
+                break
+            continue
+        lines.append(body)
+    para = " ".join(lines)
+    m = re.match(r"(.+?\.)(\s|$)", para)
+    return m[1] if m else para
+
+
+def config_groups() -> list[ConfigGroup]:
+    """Every folder of presets under ``docsort/conf``, the root config's groups first, each with
+    its options, its default (the root defaults list; ``default`` for hpo and k8s) and the
+    first sentence of each preset's leading comment."""
+    root = resources.files("docsort.conf")
+    defaults = _root_defaults()
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and group_options(p.name))
+    order = [g for g in defaults if g in folders] + [g for g in folders if g not in defaults]
+    groups = []
+    for name in order:
+        options = tuple(group_options(name))
+        default = defaults.get(name, "default" if "default" in options else None)
+        texts = {o: root.joinpath(name, f"{o}.yaml").read_text("utf-8") for o in options}
+        groups.append(
+            ConfigGroup(
+                name=name,
+                options=options,
+                default=default,
+                descriptions={o: _description(t) for o, t in texts.items()},
+                chosen_by=_CHOSEN_BY.get(name, f"{name}=NAME"),
+            )
+        )
+    return groups

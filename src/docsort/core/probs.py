@@ -1,9 +1,13 @@
 """Probability tables: the one format every stage uses to pass class probabilities.
 
-A table is a CSV with ``ID`` first, optional columns such as ``target`` and
-``fold`` (out-of-fold tables), then ``p0 .. p{K-1}``: column ``pN`` is the
-probability of target ``N``. CSV keeps them greppable and diffable; at the
-scale of a competition test set (thousands of rows) it is fast enough.
+A table is a CSV with ``ID`` first, then the predicted class for a person to
+read (``pred_target``, and ``pred_name`` when the writer knows the class names),
+optional columns such as ``target`` and ``fold`` (out-of-fold tables), then
+``p0 .. p{K-1}``: column ``pN`` is the probability of target ``N``. Readers use
+only ``ID`` and the ``pN`` block (plus ``target``/``fold`` where they need them),
+so tables written before the prediction columns existed read the same. CSV keeps
+them greppable and diffable; at the scale of a competition test set (thousands
+of rows) it is fast enough.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from docsort.core.errors import DocsortError
 # How far a row's sum may be from 1. Tables are written with 6 significant digits
 # (at most ~1e-5 off for 17 classes); anything further is not a distribution.
 SUM_TOLERANCE = 1e-3
+#: The predicted class, written after ``ID`` for people; no reader uses them.
+PRED_TARGET, PRED_NAME = "pred_target", "pred_name"
 
 
 def prob_columns(num_classes: int) -> list[str]:
@@ -30,21 +36,42 @@ def prob_columns(num_classes: int) -> list[str]:
     return [f"p{k}" for k in range(num_classes)]
 
 
+def probs_frame(
+    ids: Sequence[str],
+    probs: np.ndarray,
+    extra: Mapping[str, Sequence] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The table as written: ``ID``, ``pred_target`` [, ``pred_name``], ``extra``, ``p0..``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != len(ids):
+        raise ValueError(f"probs shape {probs.shape} does not match {len(ids)} ids")
+    if class_names is not None and len(class_names) != probs.shape[1]:
+        raise ValueError(f"{len(class_names)} class names for {probs.shape[1]} classes")
+    pred = probs.argmax(axis=1) if probs.shape[0] else np.zeros(0, dtype=np.int64)
+    df = pd.DataFrame({"ID": list(ids), PRED_TARGET: pred})
+    if class_names is not None:
+        df[PRED_NAME] = [str(class_names[k]) for k in pred]
+    for name, values in (extra or {}).items():
+        df[name] = list(values)
+    block = pd.DataFrame(probs, columns=prob_columns(probs.shape[1]))
+    return pd.concat([df, block], axis=1)
+
+
 def write_probs(
     path: str | os.PathLike,
     ids: Sequence[str],
     probs: np.ndarray,
     extra: Mapping[str, Sequence] | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
-    """Write ``probs`` (N x K) for ``ids`` atomically; ``extra`` columns go after ``ID``."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[0] != len(ids):
-        raise ValueError(f"probs shape {probs.shape} does not match {len(ids)} ids")
-    df = pd.DataFrame({"ID": list(ids)})
-    for name, values in (extra or {}).items():
-        df[name] = list(values)
-    block = pd.DataFrame(probs, columns=prob_columns(probs.shape[1]))
-    df = pd.concat([df, block], axis=1)
+    """Write ``probs`` (N x K) for ``ids`` atomically (:func:`probs_frame` gives the columns).
+
+    ``class_names`` (the prepared data's meta, or the model's) add ``pred_name``;
+    without them the table carries the predicted id only.
+    """
+    df = probs_frame(ids, probs, extra, class_names)
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
     return Path(path)
@@ -57,7 +84,8 @@ def read_probs(
 
     Every reader of a table goes through here, so a table that is not one
     distribution per image is refused wherever it is used (:func:`check_probs`).
-    ``num_classes``, when known, must match the number of ``pN`` columns.
+    ``num_classes``, when known, must match the number of ``pN`` columns. The
+    ``pred_target``/``pred_name`` columns are for people and are not checked.
     """
     path = Path(path)
     if not path.is_file():

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
+from docsort.core import console
 from docsort.core.atomic import atomic_path
 from docsort.core.device import usable_cores
 from docsort.core.errors import ConfigError
@@ -200,13 +200,8 @@ def build_copies(
             initargs=(str(train_cache), str(a.get("pipeline", "doc"))),
         ) as pool:
             jobs = [(i, n_copies, seed) for i in range(n)]
-            bar = tqdm(
-                pool.map(_degrade_row, jobs, chunksize=8),
-                total=n,
-                desc=f"augraphy x{n_copies}",
-                unit="img",
-                leave=False,
-                disable=None,
+            bar = console.track(
+                pool.map(_degrade_row, jobs, chunksize=8), f"augraphy x{n_copies}", n, "img"
             )
             for i, imgs, dt in bar:
                 arr[i] = imgs

@@ -29,9 +29,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-from tqdm.auto import tqdm
 
-from docsort.core import storage
+from docsort.core import console, storage
 from docsort.core.atomic import atomic_path
 from docsort.core.config import load_config, save_config
 from docsort.core.csv_tables import read_csv
@@ -144,13 +143,8 @@ def build_cache(folder: Path, ids: Sequence[str], out: Path, cfg: DictConfig, *,
         pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
         try:
             items = list(enumerate(ids, start=1))
-            for n, img in tqdm(
-                pool.map(load, items, chunksize=16),
-                total=len(items),
-                desc=f"cache {desc}",
-                unit="img",
-                leave=False,
-                disable=None,
+            for n, img in console.track(
+                pool.map(load, items, chunksize=16), f"cache {desc}", len(items), "img"
             ):
                 arr[n] = img
         finally:
@@ -201,31 +195,127 @@ def _read_sizes(folder: Path, ids: Sequence[str]) -> np.ndarray:
     return np.asarray(sizes)
 
 
-def _eda_plot(path: Path, meta: Meta, counts: np.ndarray, sizes: np.ndarray) -> None:
-    import matplotlib
+def _examples(folder: Path, ids: Sequence[str], targets: Sequence[int], k: int) -> list:
+    """The first training image of each class, upright, as a small RGB/gray array (None if unreadable)."""
+    from PIL import Image
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from docsort.data.contract import upright
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [2, 1]})
-    a.barh(range(meta.num_classes), counts, color="#4878a8")
-    a.set_yticks(
-        range(meta.num_classes),
-        [f"{k} {plot_label(n)}" for k, n in enumerate(meta.class_names)],
-        fontsize=8,
-    )
+    first: dict[int, str] = {}
+    for i, t in zip(ids, targets, strict=True):
+        first.setdefault(int(t), i)
+    out = []
+    for c in range(k):
+        image = None
+        if c in first:
+            with (
+                contextlib.suppress(OSError, ValueError, DocsortError),
+                Image.open(image_path(folder, first[c])) as im,
+            ):
+                im.draft(im.mode, (400, 400))
+                im = upright(im)
+                im.thumbnail((240, 240))
+                image = np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
+        out.append(image)
+    return out
+
+
+def _orientation(sizes: np.ndarray) -> np.ndarray:
+    """Shares of portrait, landscape and square images among ``(width, height)`` rows."""
+    if not len(sizes):
+        return np.zeros(3)
+    w, h = sizes[:, 0], sizes[:, 1]
+    return np.array([(h > w).mean(), (w > h).mean(), (w == h).mean()])
+
+
+def _eda_plot(
+    path: Path,
+    meta: Meta,
+    counts: np.ndarray,
+    sizes: np.ndarray,
+    test_sizes: np.ndarray | None = None,
+    examples: Sequence | None = None,
+) -> None:
+    """One picture of the data: class balance, sizes, orientation and aspect ratio (train vs test), one example per class.
+
+    Train against test because a test set shot differently (more landscape
+    phone photos, other aspect ratios) is what TTA and resizing have to cover.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    test_sizes = np.zeros((0, 2)) if test_sizes is None else test_sizes
+    examples = list(examples or [])
+    k = meta.num_classes
+    cols = min(max(k, 1), 9)
+    ex_rows = -(-len(examples) // cols) if examples else 0
+    top_h = max(4.5, 0.24 * k + 1.5)
+    fig = Figure(figsize=(18, top_h + 2.3 * ex_rows), dpi=90, layout="constrained")
+    FigureCanvasAgg(fig)
+    if ex_rows:
+        upper, lower = fig.subfigures(2, 1, height_ratios=[top_h, 2.3 * ex_rows], hspace=0.04)
+    else:
+        upper, lower = fig, None
+    a, b, c, d = upper.subplots(1, 4, width_ratios=[1.6, 1, 1, 0.8])
+    train_c, test_c = "#4878a8", "#d9822b"
+    a.barh(range(k), counts, color=train_c)
+    a.set_yticks(range(k), [f"{n} {plot_label(name)}" for n, name in enumerate(meta.class_names)],
+                 fontsize=9 if k <= 20 else 7)  # fmt: skip
     a.invert_yaxis()
     a.set_xlabel("training images")
-    a.set_title("Class balance")
-    if len(sizes):
-        b.scatter(sizes[:, 0], sizes[:, 1], s=6, alpha=0.5, color="#a85448")
+    a.set_title(f"Class balance ({int(counts.sum())} training images)")
+    for data, colour, label in ((sizes, train_c, "train"), (test_sizes, test_c, "test")):
+        if len(data):
+            b.scatter(data[:, 0], data[:, 1], s=6, alpha=0.5, color=colour, label=label)
     b.set_xlabel("width (px)")
     b.set_ylabel("height (px)")
     b.set_title("Image sizes")
-    fig.tight_layout()
+    aspects = [s[:, 1] / np.maximum(s[:, 0], 1) for s in (sizes, test_sizes)]
+    both = np.concatenate(aspects) if any(len(x) for x in aspects) else np.ones(1)
+    lo, hi = float(np.percentile(both, 1)), float(np.percentile(both, 99))
+    bins = np.linspace(min(lo, 0.9) * 0.95, max(hi, 1.1) * 1.05, 30)
+    for data, colour, label in ((aspects[0], train_c, "train"), (aspects[1], test_c, "test")):
+        if len(data):
+            c.hist(np.clip(data, bins[0], bins[-1]), bins=bins, density=True, histtype="step",
+                   linewidth=2, color=colour, label=f"{label} (median {np.median(data):.2f})")  # fmt: skip
+    c.axvline(1.0, color="#888", linestyle=":", linewidth=1)
+    c.set_xlabel("aspect ratio (height / width)")
+    c.set_ylabel("density")
+    c.set_title("Aspect ratio: >1 portrait, <1 landscape")
+    c.legend(fontsize=9)
+    x = np.arange(3)
+    for off, data, colour, label in (
+        (-0.2, sizes, train_c, "train"),
+        (0.2, test_sizes, test_c, "test"),
+    ):
+        share = _orientation(data)
+        d.bar(x + off, share, width=0.4, color=colour, label=f"{label} ({len(data)})")
+        for xi, v in zip(x + off, share, strict=True):
+            d.text(xi, v + 0.01, f"{v:.0%}", ha="center", va="bottom", fontsize=8)
+    d.set_xticks(x, ["portrait", "landscape", "square"])
+    d.set_ylim(0, 1.3)
+    d.set_ylabel("share of images")
+    d.set_title("Orientation")
+    d.legend(fontsize=9, loc="upper center", ncol=2)
+    if len(sizes) or len(test_sizes):
+        b.legend(fontsize=9)
+    if lower is not None:
+        lower.suptitle(
+            "One training example per class", fontsize=12, weight="bold", x=0.01, ha="left"
+        )
+        axes = lower.subplots(ex_rows, cols, squeeze=False)
+        for n, ax in enumerate(axes.flat):
+            ax.set_axis_off()
+            if n >= len(examples):
+                continue
+            image = examples[n]
+            ax.set_title(f"{n} {plot_label(meta.class_names[n], 22)}", fontsize=9)
+            if image is None:
+                ax.text(0.5, 0.5, "no image", ha="center", va="center", color="#888", fontsize=9)
+            else:
+                ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+        fig.savefig(tmp, format="png")
 
 
 @stage("prepare", inputs=("data",), folder="out")
@@ -412,16 +502,25 @@ def _write_tables(
             shutil.copyfile(root / name, tmp / name)
     counts = np.bincount(np.asarray(targets), minlength=meta.num_classes)
     sizes = _read_sizes(root / "train", ids)
+    test_sizes = _read_sizes(root / "test", test_ids)
     stats = {
         "train_images": len(ids),
         "test_images": len(test_ids),
         "class_counts": {meta.class_names[k]: int(c) for k, c in enumerate(counts)},
         "imbalance_ratio": float(counts.max() / max(1, counts.min())),
         "median_size": [int(v) for v in np.median(sizes, axis=0)] if len(sizes) else None,
+        "test_median_size": (
+            [int(v) for v in np.median(test_sizes, axis=0)] if len(test_sizes) else None
+        ),
+        "portrait_share": {
+            "train": float(_orientation(sizes)[0]),
+            "test": float(_orientation(test_sizes)[0]),
+        },
         "hardcases": 0 if hard is None else len(hard),
     }
     (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-    _eda_plot(tmp / "eda.png", meta, counts, sizes)
+    examples = _examples(root / "train", ids, targets, meta.num_classes)
+    _eda_plot(tmp / "eda.png", meta, counts, sizes, test_sizes, examples)
     save_config(cfg, tmp / "config.yaml")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +34,19 @@ def expand_candidates(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return out
 
 
+def copy_candidate(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy a candidate folder to ``dst``, its spec re-written so member paths start from the copy.
+
+    A spec names members relative to its own folder; a plain copy elsewhere
+    (without the models) would point at nothing.
+    """
+    src, dst = Path(src), Path(dst)
+    shutil.copytree(src, dst)
+    if (src / "candidate.yaml").is_file():
+        ens.save_spec(ens.load_spec(src / "candidate.yaml"), dst / "candidate.yaml")
+    return dst
+
+
 def _fetch_spec(spec: str | os.PathLike, workdir: Path) -> Path:
     if storage.is_s3(spec):
         local = workdir / "candidate.yaml"
@@ -59,6 +73,9 @@ def run_candidate(
 ) -> Path:
     """Re-run a saved candidate spec from its members' models on the prepared test images.
 
+    Member paths in the spec are relative to its folder (or absolute, or URIs),
+    so a candidate moved with its models re-runs where it now lies.
+
     Each member predicts with its own TTA views (a fold bundle averages its
     folds), then the spec combines them with its stored method, weights,
     temperatures or stacker; nothing is refitted. ``overrides`` reach
@@ -68,7 +85,7 @@ def run_candidate(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with scratch_dir(out) as work:
-        spec_obj = ens.load_spec(_fetch_spec(spec, Path(work)))
+        spec_obj = ens.load_spec(_fetch_spec(spec, Path(work)), base=ens.spec_folder(spec))
         prep = Prepared(Path(prepared))
         models = [_fetch_model(m.model, Path(work)) for m in spec_obj.members]
         with atomic_path(out, is_dir=True) as tmp:
@@ -89,9 +106,8 @@ def run_candidate(
             oof = candidate_oof(spec_obj, oofs) if oofs else None
             if spec_obj.oof_macro_f1 is None and oof is not None:
                 spec_obj.oof_macro_f1 = ens.score(oof.probs, oof.targets, "macro_f1")
-            write_candidate(
-                tmp, spec_obj, prep.test_ids, probs, oof, {"spec": str(spec), "rerun": True}
-            )
+            write_candidate(tmp, spec_obj, prep.test_ids, probs, oof, {"spec": str(spec), "rerun": True},
+                            class_names=prep.class_names)  # fmt: skip
     return out
 
 
@@ -118,7 +134,7 @@ def prepare_for_candidates(
     defaults: dict[str, str] = {}
     with scratch_dir(out) as work:  # named so that a killed run's leftover is removed next time
         for s in specs:
-            spec = ens.load_spec(_fetch_spec(s, work))
+            spec = ens.load_spec(_fetch_spec(s, work), base=ens.spec_folder(s))
             for m in spec.members:
                 model = _fetch_model(m.model, work)
                 defaults = defaults or mem.data_settings(model, ("num_folds",))

@@ -30,13 +30,13 @@ def upload_candidate(spec: str | os.PathLike, dest: str) -> str:
     """
     import yaml
 
-    from docsort.ensemble.combiners import load_spec
+    from docsort.ensemble.combiners import load_spec, spec_folder
 
     target = storage.join(dest, "candidate.yaml")
     with tempfile.TemporaryDirectory(prefix="docsort-upload-") as work:
         local = Path(work) / "candidate.yaml"
         local.write_bytes(storage.read_bytes(spec))
-        parsed = load_spec(local)
+        parsed = load_spec(local, base=spec_folder(spec))  # relative members: beside the spec
         if storage.exists(target):
             raise DocsortError("already exists; upload to a new prefix", file=target)
         plan: list[tuple[Path, str]] = []

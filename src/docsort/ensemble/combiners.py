@@ -21,6 +21,7 @@ Why each piece exists:
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,7 @@ from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
+from docsort.core import storage
 from docsort.core.atomic import write_text_atomic
 from docsort.core.choices import MERGES, METHODS, OBJECTIVES, VIEW_NAMES
 from docsort.core.errors import ConfigError, DocsortError
@@ -494,7 +496,7 @@ class MemberSpec:
     """One ensemble member: a trained model and, optionally, its own TTA views."""
 
     name: str
-    model: str  # a model folder or fold bundle: a path or an s3:// URI
+    model: str  # a model folder or fold bundle: a path or an s3:// URI (in a file: relative to it)
     views: list[str] | None = None
 
 
@@ -608,28 +610,67 @@ class CandidateSpec:
         return cls(**d).validate()
 
 
+def spec_folder(spec: str | os.PathLike) -> str:
+    """The folder (or ``s3://`` prefix) a spec file's relative member paths start from."""
+    if storage.is_s3(spec):
+        return str(spec).rsplit("/", 1)[0]
+    return str(Path(spec).parent)
+
+
+def member_path(model: str, base: str | os.PathLike) -> str:
+    """A member's model as a usable path: relative ones (as spec files store them) joined to ``base``.
+
+    Absolute paths and URIs (specs written before paths were relative, uploaded
+    specs) are kept as they are.
+    """
+    if storage.is_s3(model) or os.path.isabs(model) or model == "-":
+        return model
+    if storage.is_s3(base):
+        bucket, key = storage.split(str(base))
+        joined = posixpath.normpath(posixpath.join("/", key, model)).lstrip("/")
+        return f"s3://{bucket}/{joined}"
+    return os.path.normpath(os.path.join(Path(base).resolve(), model))
+
+
 def save_spec(spec: CandidateSpec, path: str | os.PathLike) -> Path:
-    """Validate and write the spec as YAML (atomically)."""
+    """Validate and write the spec as YAML (atomically).
+
+    Local member paths are written relative to the spec's folder, so a
+    candidate moved or copied together with its models (a run folder, an
+    upload of the whole tree) still finds them; URIs stay as they are.
+    """
     spec.validate()
-    text = yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+    d = spec.to_dict()
+    folder = Path(path).parent.resolve()
+    for m in d["members"]:
+        if not storage.is_s3(m["model"]):
+            m["model"] = Path(os.path.relpath(Path(m["model"]).resolve(), folder)).as_posix()
+    text = yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=100)
     return write_text_atomic(path, text)
 
 
-def load_spec(path: str | os.PathLike) -> CandidateSpec:
+def load_spec(path: str | os.PathLike, *, base: str | os.PathLike | None = None) -> CandidateSpec:
     """Read a spec YAML with ``yaml.safe_load`` and validate it; problems name the file.
 
-    A member's ``checkpoint:`` key (specs written before it was ``model:``) reads as ``model``.
+    Relative member paths are taken from ``base`` (default: the spec's folder;
+    the ``s3://`` prefix of a spec fetched to a local copy), so the returned
+    spec names usable paths. A member's ``checkpoint:`` key (specs written
+    before it was ``model:``) reads as ``model``.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError("candidate spec not found", file=str(path))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return CandidateSpec.from_dict(data)
+        spec = CandidateSpec.from_dict(data)
     except yaml.YAMLError as e:
         raise ConfigError(f"not valid YAML ({e.__class__.__name__})", file=str(path)) from None
     except ConfigError as e:
         raise ConfigError(str(e), file=str(path)) from None
+    start = spec_folder(path) if base is None else base
+    for m in spec.members:
+        m.model = member_path(m.model, start)
+    return spec
 
 
 # ---------------------------------------------------------------- applying a spec

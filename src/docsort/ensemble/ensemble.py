@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from docsort.core import storage
+from docsort.core import storage, tracking
 from docsort.core.atomic import atomic_path, scratch_dir
 from docsort.core.choices import METHODS
 from docsort.core.errors import DocsortError
@@ -116,9 +116,11 @@ def write_candidate(
     probs: np.ndarray,
     oof: CandidateOOF | None,
     extra: dict | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
 ) -> None:
     ens.save_spec(spec, tmp / "candidate.yaml")
-    write_probs(tmp / "probs.csv", ids, probs)
+    write_probs(tmp / "probs.csv", ids, probs, class_names=class_names)
     if oof is not None:
         write_probs(tmp / "oof.csv", oof.ids, oof.probs, {"target": oof.targets, "fold": oof.folds})
     info = {
@@ -288,13 +290,17 @@ def _ensemble(
     if oof is not None:
         spec.oof_macro_f1 = ens.score(oof.probs, oof.targets, "macro_f1")
     probs = ens.combine(spec, member_probs)
+    known = [m for m in model_dirs if m is not None]
     with atomic_path(out, is_dir=True) as tmp:
-        write_candidate(tmp, spec, ids, probs, oof)
+        write_candidate(tmp, spec, ids, probs, oof,
+                        class_names=mem.class_names(known[0]) if known else None)  # fmt: skip
         if report and oofs and len(ids_s) >= MIN_SHARED_ROWS:
             rep = ens.evaluate_methods(names, shared, targets, objective=objective, merge=merge)
             write_method_report(tmp, rep, len(ids_s))
         if keep is not None:
             shutil.copytree(keep, tmp / "members")
+    scores = {"oof_macro_f1": spec.oof_macro_f1} if spec.oof_macro_f1 is not None else {}
+    tracking.log_artifact(out, kind="candidate", name=spec.name, metrics=scores)
     return out
 
 

@@ -10,9 +10,7 @@ so ensembles, the TTA ablation and reports treat both the same way.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from docsort.core.atomic import write_text_atomic
 from docsort.core.errors import DocsortError
-from docsort.core.probs import read_probs, write_probs
+from docsort.core.probs import read_probs
+from docsort.models.folders import model_folders
 from docsort.models.tta import check_views, merge
 
 
@@ -49,25 +47,6 @@ class OOFViews:
             v: torch.from_numpy(z).float().softmax(-1).numpy().astype(np.float64)
             for v, z in self.logits.items()
         }
-
-
-def model_folders(path: str | os.PathLike) -> list[Path]:
-    """The model folders of a member: itself, or its ``fold*/`` sub-folders (a bundle)."""
-    path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return [path]
-    folds = sorted((p.parent for p in path.glob("fold*/model.safetensors")), key=_fold_number)
-    if not folds:
-        raise DocsortError(
-            "not a model folder or fold bundle (no model.safetensors, no fold*/model.safetensors)",
-            file=str(path),
-        )
-    return folds
-
-
-def _fold_number(p: Path) -> int:
-    m = re.search(r"(\d+)$", p.name)
-    return int(m.group(1)) if m else 0
 
 
 def checkpoint_files(path: str | os.PathLike) -> list[Path]:
@@ -215,32 +194,21 @@ def predict_member(
     how: str = "mean",
     overrides: Sequence[str] = (),
 ) -> Path:
-    """Test probabilities of one member with its TTA views (a bundle averages its folds).
+    """Test probabilities of one member with its TTA views (``docsort predict``: a bundle averages its folds).
 
     Writes ``probs.csv`` and ``predict.json`` into ``out`` (plus ``fold*/`` for a bundle).
     """
     from docsort.predict.predict import predict
 
-    out = Path(out)
     args = [*overrides, f"tta.views=[{','.join(check_views(list(views)))}]", f"tta.merge={how}"]
-    folders = model_folders(member)
-    if len(folders) == 1:
-        return predict(prepared, folders[0], out, args)
-    tables = [read_probs(predict(prepared, f, out / f.name, args) / "probs.csv") for f in folders]
-    ids = tables[0][0]
-    if any(t[0] != ids for t in tables):
-        raise DocsortError("fold models predicted different rows", file=str(member))
-    write_probs(out / "probs.csv", ids, np.mean([t[1] for t in tables], axis=0))
-    info = {
-        "model": str(member),
-        "folds": [f.name for f in folders],
-        "views": list(views),
-        "merge": how,
-        "images": len(ids),
-        "split": "test",
-    }
-    write_text_atomic(out / "predict.json", json.dumps(info, indent=2))
-    return out
+    return predict(prepared, member, out, args)
+
+
+def class_names(path: str | os.PathLike) -> list[str]:
+    """The class names a member was trained with (its ``model.yaml``)."""
+    from omegaconf import OmegaConf
+
+    return [str(c) for c in OmegaConf.load(model_folders(path)[0] / "model.yaml").class_names]
 
 
 def pooled(

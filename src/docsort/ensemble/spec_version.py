@@ -37,7 +37,7 @@ def spec_version(specs: Sequence[str | os.PathLike]) -> str:
     Specs are hashed by content (they are small); models by their file
     listing, so a stamp never downloads a model.
     """
-    from docsort.ensemble.combiners import load_spec
+    from docsort.ensemble.combiners import load_spec, spec_folder
 
     if not specs:
         raise DocsortError("no candidate specs given")
@@ -47,7 +47,7 @@ def spec_version(specs: Sequence[str | os.PathLike]) -> str:
             data = storage.read_bytes(spec)
             local = Path(work) / f"{i}.yaml"
             local.write_bytes(data)
-            parsed = load_spec(local if storage.is_s3(spec) else spec)
+            parsed = load_spec(local if storage.is_s3(spec) else spec, base=spec_folder(spec))
             h.update(f"spec\0{spec}\0{hashlib.sha256(data).hexdigest()}\n".encode())
             for member in parsed.members:
                 stamp = _model_stamp(member.model)

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from docsort.core import console
 from docsort.core.csv_tables import read_table
 from docsort.core.errors import DocsortError
 from docsort.kfp.runner import load_pipeline, packaged_pipeline, parse_params, run_local
@@ -16,6 +17,15 @@ def _newest(root: Path, pattern: str) -> Path:
     if not found:
         raise DocsortError(f"the demo run left no {pattern}", file=str(root))
     return found[-1]
+
+
+def _winner(comparison: Path) -> str:
+    """The chosen candidate and how it was chosen (by evidence or by the stated prior)."""
+    import json
+
+    record = json.loads((comparison / "winner.json").read_text())
+    how = record.get("decided_by")
+    return f"{record['winner']}" + (f" (chosen by {how})" if how else "")
 
 
 def run_demo(out: str, *, per_class: int = 40, params: Sequence[str] = ()) -> dict:
@@ -34,12 +44,18 @@ def run_demo(out: str, *, per_class: int = 40, params: Sequence[str] = ()) -> di
     labels = read_table(prepared / "test_labels.csv").set_index("ID")["target"]
     sub = read_table(sub_csv, required=("target",))
     f1 = macro_f1(labels.loc[sub["ID"]].to_numpy(), sub["target"].to_numpy())
-    print("\n" + "=" * 72)
-    print("Hard-case comparison\n")
-    print(comparison.read_text())
-    print(f"\nsubmission:  {sub_csv}")
-    print(
-        f"macro F1 on the sample test labels: {f1:.4f}  ({len(sub)} test images, chance ~ {1 / 17:.3f})"
+    winner = _winner(comparison.parent)
+    print("\nHard-case comparison\n")
+    print(comparison.read_text().rstrip())
+    console.summary(
+        "docsort demo: done",
+        [
+            ("submission", sub_csv),
+            ("macro F1", f"{f1:.4f} on the {len(sub)} sample test images (chance ~ {1 / 17:.3f})"),
+            ("candidate", winner),
+            ("artifacts", run_dir),
+            ("full log", Path(out).resolve() / console.LOG_NAME),
+            ("wall time", console.fmt_seconds(wall)),
+        ],
     )
-    print(f"wall time: {wall:.0f} s; artifacts under {run_dir}")
     return {"macro_f1": f1, "submission": str(sub_csv), "wall_s": wall}

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import builtins
 import collections
+import contextlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import sys
@@ -19,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from docsort.core import console
 from docsort.core.errors import ConfigError, DocsortError
 from docsort.core.outputs import check_outputs, stage
 
@@ -251,6 +254,53 @@ def failure_message(error: str, output: Sequence[str]) -> str:
     return f"task {task} failed: {reason or 'no error line in its output (see the log above)'}"
 
 
+class _LineHandler(logging.Handler):
+    def __init__(self, on_line) -> None:
+        super().__init__(logging.INFO)
+        self.on_line = on_line
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.on_line(console.plain(record.getMessage()))
+
+
+class TaskLines:
+    """One line per task as it finishes, read from kfp.local's status lines in the log.
+
+    kfp.local (``sdk/python/kfp/local/task_dispatcher.py``, tag ``sdk-2.17.3``) logs
+    ``Executing task 'NAME'`` and ``Task 'NAME' finished with status SUCCESS``, and
+    ``orchestrator/task_executor.py`` logs ``Task NAME cache hit (key=...)``.
+    """
+
+    _START = re.compile(r"Executing task '(?P<name>[^']+)'")
+    _END = re.compile(r"Task '(?P<name>[^']+)' finished with status (?P<status>[A-Z]+)")
+    _CACHED = re.compile(r"Task '?(?P<name>[\w-]+)'? cache hit")
+
+    def __init__(self) -> None:
+        import time
+
+        self.clock = time.monotonic
+        self.started: dict[str, list[float]] = collections.defaultdict(list)
+        self.done = self.cached = 0
+
+    @staticmethod
+    def _shown(name: str) -> str:
+        return name.removesuffix("-op")
+
+    def line(self, text: str) -> None:
+        if m := self._START.search(text):
+            self.started[m["name"]].append(self.clock())
+        elif m := self._END.search(text):
+            starts = self.started[m["name"]]
+            took = self.clock() - starts.pop(0) if starts else 0.0
+            self.done += 1
+            mark = "done" if m["status"] == "SUCCESS" else m["status"].lower()
+            console.say(f"  {mark:<6} {self._shown(m['name']):<28} {console.fmt_seconds(took)}")
+        elif m := self._CACHED.search(text):
+            self.done += 1
+            self.cached += 1
+            console.say(f"  {'cached':<6} {self._shown(m['name'])}")
+
+
 def _drop_retries(pipeline) -> None:
     """Clear every task's retry policy: locally a failure is a bug or bad input, and a retry only delays it."""
     spec = pipeline.pipeline_spec
@@ -310,8 +360,14 @@ def run_local(
     real_print = builtins.print
     tee = _TaskOutput(real_print)
     builtins.print = tee
+    tasks = TaskLines()
+    console.say(f"running {Path(path).name} with kfp.local; artifacts under {out}")
+    # kfp.local logs through the root logger: inside a task's dispatch to its own stdout
+    # handler (the log stream below), elsewhere (cache hits) to the root's handlers
+    status = _LineHandler(tasks.line)
+    logging.getLogger().addHandler(status)
     try:
-        with warnings.catch_warnings():
+        with contextlib.redirect_stdout(console.log_stream(tasks.line)), warnings.catch_warnings():
             # Locally every task runs in this environment by design: kfp.local's notes that
             # resource settings and the docsort image are not used here are noise.
             warnings.filterwarnings("ignore", message=r"Task '.*': settings \[")
@@ -321,6 +377,8 @@ def run_local(
         raise DocsortError(failure_message(str(err), tee.lines), file=str(path)) from None
     finally:
         builtins.print = real_print
+        logging.getLogger().removeHandler(status)
+    console.say(f"{tasks.done} tasks finished ({tasks.cached} from cache)")
     outputs = getattr(task, "outputs", None) or {}
     return outputs.get("Output") if isinstance(outputs, dict) else outputs
 

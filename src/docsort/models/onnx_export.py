@@ -22,8 +22,11 @@ from docsort.core.atomic import atomic_path
 from docsort.core.errors import DocsortError
 from docsort.core.outputs import stage
 from docsort.models.factory import Member, load_member
+from docsort.models.folders import model_folders
 
 INPUT, OUTPUT = "image", "logits"
+#: Where an export goes by default, and where ``predict runtime=onnx`` finds it.
+DEFAULT_NAME = "model.onnx"
 
 
 def weights_digest(model_dir: str | os.PathLike) -> str:
@@ -129,6 +132,32 @@ def export_onnx(
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
     return Path(out)
+
+
+def export_model(
+    model: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    opset: int = 17,
+    fp16: bool = False,
+) -> list[Path]:
+    """Export a model folder (to ``out``, default ``MODEL/model.onnx``) or each fold of a bundle.
+
+    The default place is where ``docsort predict runtime=onnx`` looks, so an
+    export is used without naming it; a bundle's folds each get their own
+    ``fold*/model.onnx`` (one file per fold, so ``out`` cannot name them).
+    """
+    folders = model_folders(model)
+    if len(folders) > 1 and out is not None:
+        raise DocsortError(
+            f"is a fold bundle ({len(folders)} models): its export is one {DEFAULT_NAME} per fold; "
+            "drop --out",
+            file=str(model),
+        )
+    targets = [Path(out)] if out is not None else [f / DEFAULT_NAME for f in folders]
+    return [
+        export_onnx(f, t, opset=opset, fp16=fp16) for f, t in zip(folders, targets, strict=True)
+    ]
 
 
 def max_prob_diff(member: Member, onnx_model: bytes, n: int = 4, seed: int = 0) -> float:

@@ -15,8 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from docsort.core.errors import ConfigError
-from docsort.models.onnx_export import INPUT, OUTPUT, export_onnx, read_metadata, weights_digest
+from docsort.core.errors import ConfigError, DocsortError
+from docsort.models.onnx_export import (
+    DEFAULT_NAME,
+    INPUT,
+    OUTPUT,
+    export_onnx,
+    read_metadata,
+    weights_digest,
+)
 from docsort.models.tta import normalize, stack_views
 
 
@@ -99,6 +106,55 @@ class OrtTTA:
         }
 
 
+def exported_onnx(
+    model_dir: str | os.PathLike,
+    onnx: str | os.PathLike | None = None,
+    *,
+    precision: str = "auto",
+) -> tuple[Path | None, dict[str, str]]:
+    """The exported file ``predict runtime=onnx`` runs for ``model_dir``, with its metadata.
+
+    ``onnx`` (``predict --onnx FILE``) when given, else ``MODEL_DIR/model.onnx``
+    when there, else ``(None, {})`` (predict exports afresh). A file exported
+    from other weights is refused: its results would not be this model's.
+    ``precision`` (``precision=``): an explicit fp32/fp16 the named file lacks is
+    refused; the folder's own file of another precision is passed over.
+    """
+    explicit = onnx is not None
+    path = Path(onnx) if explicit else Path(model_dir) / DEFAULT_NAME
+    if not path.is_file():
+        if explicit:
+            raise DocsortError("ONNX file not found", file=str(path))
+        return None, {}
+    try:
+        meta = read_metadata(path)
+    except Exception as err:  # noqa: BLE001 - any parse failure of a user file is bad input
+        raise DocsortError(
+            f"not a readable ONNX file ({type(err).__name__})", file=str(path)
+        ) from None
+    if "docsort.weights_sha256" not in meta:
+        raise DocsortError(
+            "has no docsort metadata (weights digest); write it with `docsort export`",
+            file=str(path),
+        )
+    if meta["docsort.weights_sha256"] != weights_digest(model_dir):
+        raise DocsortError(
+            f"was exported from other weights than {Path(model_dir) / 'model.safetensors'}; "
+            f"export again: docsort export {model_dir}" + (f" --out {path}" if explicit else ""),
+            file=str(path),
+        )
+    have = meta.get("docsort.precision", "fp32")
+    if precision in ("fp32", "fp16") and have != precision:
+        if explicit:
+            raise DocsortError(
+                f"is an {have} export but precision={precision} was asked; export "
+                f"{'with' if precision == 'fp16' else 'without'} --fp16, or drop precision=",
+                file=str(path),
+            )
+        return None, {}
+    return path, meta
+
+
 def runner_for(
     member,
     model_dir: str | os.PathLike,
@@ -107,15 +163,14 @@ def runner_for(
     device: str,
     threads: int,
     precision: str,
+    onnx: str | os.PathLike | None = None,
 ) -> OrtTTA:
-    """An :class:`OrtTTA` for a member: its ``model.onnx`` when exported from these weights, else a fresh export.
+    """An :class:`OrtTTA` for a member: the exported file ``onnx`` (see :func:`exported_onnx`), else a fresh export.
 
     ``precision`` is ``fp32`` or ``fp16`` (fp16 only with a GPU provider).
     """
-    digest = weights_digest(model_dir)
-    path = Path(model_dir) / "model.onnx"
-    meta = read_metadata(path) if path.is_file() else {}
-    if meta.get("docsort.weights_sha256") != digest or meta.get("docsort.precision") != precision:
+    path = Path(onnx) if onnx is not None else None
+    if path is None:
         path = export_onnx(
             model_dir, work_dir / f"model-{precision}.onnx", member=member, fp16=precision == "fp16"
         )

@@ -10,6 +10,10 @@ Results are committed in shards of ``tta.shard_size`` images under
 large the test set is, an interrupted run keeps every finished shard, and
 running the same command again continues where it stopped. The final
 ``probs.csv`` and ``views.npz`` are streamed from the shards.
+
+``--model`` is a model folder or a fold bundle (``docsort train fold=all``): a
+bundle predicts each fold into ``OUT/fold*/`` and its ``probs.csv`` is the mean
+of the folds' TTA probabilities.
 """
 
 from __future__ import annotations
@@ -18,28 +22,27 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from docsort.core import identity, storage
+from docsort.core import console, identity, storage
 from docsort.core.atomic import atomic_path, write_text_atomic
 from docsort.core.config import load_config
 from docsort.core.device import resolve_device, resolve_precision, set_threads
 from docsort.core.errors import ConfigError, DocsortError
 from docsort.core.outputs import stage
-from docsort.core.probs import prob_columns
+from docsort.core.probs import probs_frame, read_probs, write_probs
 from docsort.data.contract import IMAGE_SUFFIXES, decode_image, fit_square, image_path
 from docsort.data.prepared import Prepared
 from docsort.models.factory import Member, load_member
+from docsort.models.folders import model_folders
 from docsort.models.onnx_export import weights_digest
 from docsort.models.tta import TorchTTA, auto_batch_size, auto_workers, check_views, merge
 
@@ -240,9 +243,18 @@ def open_images(
 
 
 def predict_settings(
-    cfg: DictConfig, device: torch.device, *, decode: bool, image_size: int
+    cfg: DictConfig,
+    device: torch.device,
+    *,
+    decode: bool,
+    image_size: int,
+    onnx_precision: str | None = None,
 ) -> dict:
-    """Validated runtime, batch size, workers and shard size (fails before any work starts)."""
+    """Validated runtime, batch size, workers and shard size (fails before any work starts).
+
+    ``onnx_precision``: that of the exported file ``runtime=onnx`` will run
+    (``precision=auto`` takes it; an explicit other precision exports afresh).
+    """
     tta = cfg.tta
     views = check_views(list(tta.views))
     runtime = str(cfg.get("runtime", "torch"))
@@ -256,7 +268,10 @@ def predict_settings(
             raise ConfigError(
                 "precision=bf16 is not available with runtime=onnx; choose from: auto, fp32, fp16 (GPU)"
             )
-        precision = "fp16" if cfg.precision == "fp16" else "fp32"
+        if cfg.precision == "auto" and onnx_precision is not None:
+            precision = onnx_precision
+        else:
+            precision = "fp16" if cfg.precision == "fp16" else "fp32"
     else:
         precision = resolve_precision(str(cfg.precision), device)
     return {
@@ -275,7 +290,7 @@ def predict_settings(
 # --- the stage -------------------------------------------------------------------------------
 
 
-@stage("predict", inputs=("prepared", "model"), folder="out")
+@stage("predict", inputs=("prepared", "model", "onnx"), folder="out")
 def predict(
     prepared: str | os.PathLike,
     model: str | os.PathLike,
@@ -285,32 +300,65 @@ def predict(
     split: str = "test",
     on_shard: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
+    onnx: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``probs.csv`` (merged over ``tta.views``), ``views.npz`` (logits per view) and ``predict.json`` into ``out``.
 
     ``prepared`` is a prepared folder (``split``: ``test`` or ``train`` images,
     read from the cache) or any folder of images (decoded with the model's image
-    spec; rows in file-name order). ``runtime=onnx`` runs onnxruntime instead of
-    torch. ``on_shard(done, total)`` is called after each committed shard.
+    spec; rows in file-name order). ``model`` is a model folder or a fold bundle
+    (each fold predicted into ``out/fold*/``, ``probs.csv`` their mean).
+    ``runtime=onnx`` runs onnxruntime instead of torch, on ``onnx`` (a file
+    written by ``docsort export``) or the model folder's ``model.onnx`` when
+    there, else a fresh export. ``on_shard(done, total)`` is called after each
+    committed shard.
 
     ``out`` records the run's identity (``run.json``: weights, images, views,
     merge, runtime, precision): a re-run continues the same work, does nothing
     when it is complete, and is refused for other work unless ``overwrite``.
     """
     cfg = load_config(overrides)
+    folders = model_folders(model)
+    if onnx is not None and str(cfg.get("runtime", "torch")) != "onnx":
+        raise ConfigError(f"--onnx {onnx} runs with runtime=onnx; add runtime=onnx")
+    src = storage.localize(prepared, Path(out).parent / ".docsort-download")
+    if len(folders) > 1:
+        if onnx is not None:
+            raise DocsortError(
+                "--onnx names one file, a fold bundle has one model per fold; "
+                f"`docsort export {model}` writes each fold's model.onnx, which predict picks up",
+                file=str(onnx),
+            )
+        return _predict_bundle(src, Path(model), folders, Path(out), cfg, split=split,
+                               on_shard=on_shard, overwrite=overwrite)  # fmt: skip
+    return _predict_folder(src, folders[0], Path(out), cfg, split=split, on_shard=on_shard,
+                           overwrite=overwrite, onnx=onnx)  # fmt: skip
+
+
+def _predict_folder(
+    src: Path,
+    model: Path,
+    out: Path,
+    cfg: DictConfig,
+    *,
+    split: str,
+    on_shard: Callable[[int, int], None] | None,
+    overwrite: bool,
+    onnx: str | os.PathLike | None,
+    label: str | None = None,
+) -> Path:
+    """:func:`predict` for one model folder; ``label`` names it in the progress display."""
     member = load_member(model)
-    ids, source, images_key = open_images(
-        storage.localize(prepared, Path(out).parent / ".docsort-download"),
-        split,
-        member,
-        int(cfg.data.max_pixels),
-    )
+    ids, source, images_key = open_images(src, split, member, int(cfg.data.max_pixels))
     device = resolve_device(str(cfg.device))
-    s = predict_settings(
-        cfg, device, decode=source.decodes, image_size=int(member.cfg.data.image_size)
-    )
+    onnx_file, onnx_meta = None, {}
+    if str(cfg.get("runtime", "torch")) == "onnx":
+        from docsort.models.onnx_runtime import exported_onnx
+
+        onnx_file, onnx_meta = exported_onnx(model, onnx, precision=str(cfg.precision))
+    s = predict_settings(cfg, device, decode=source.decodes, image_size=int(member.cfg.data.image_size),
+                         onnx_precision=onnx_meta.get("docsort.precision"))  # fmt: skip
     threads = set_threads(cfg.threads)
-    out = Path(out)
     ident = {"model weights": weights_digest(model)[:16], "images": f"{images_key[:24]} ({len(ids)})",
              "tta.views": f"[{','.join(s['views'])}]", "tta.merge": s["merge"], "runtime": s["runtime"],
              "precision": str(cfg.precision)}  # fmt: skip
@@ -322,15 +370,14 @@ def predict(
     if record["complete"] and all(
         (out / f).is_file() for f in ("probs.csv", "views.npz", "predict.json")
     ):
-        print(
-            f"predict: {out} is already complete for this model, images and settings",
-            file=sys.stderr,
-        )
+        console.say(f"predict: {out} is already complete for this model, images and settings")
         return out
     # a resumed run continues as it began: same shards, same resolved precision
     s.update(
         {k: record["settings"][k] for k in ("shard_size", "precision") if k in record["settings"]}
     )
+    if onnx_file is not None and onnx_meta.get("docsort.precision") != s["precision"]:
+        onnx_file = None  # resumed with the precision it began with: export that afresh
     key = hashlib.sha256(
         json.dumps({**ident, "shard_size": s["shard_size"]}, sort_keys=True).encode()
     ).hexdigest()
@@ -346,9 +393,8 @@ def predict(
     if s["runtime"] == "onnx":
         from docsort.models.onnx_runtime import runner_for
 
-        runner = runner_for(
-            member, model, work, device=str(cfg.device), threads=threads, precision=s["precision"]
-        )
+        runner = runner_for(member, model, work, device=str(cfg.device), threads=threads,
+                            precision=s["precision"], onnx=onnx_file)  # fmt: skip
     else:
         runner = TorchTTA(member.model, device, s["precision"])
 
@@ -363,11 +409,12 @@ def predict(
         for a in range(shards[k][0], shards[k][1], bs)
     ]
     t0 = time.perf_counter()
-    _run_shards(runner, source, spans, shards, pending, work, s, device, on_shard)
+    desc = f"predict {label or model.name}"
+    _run_shards(runner, source, spans, shards, pending, work, s, device, on_shard, desc)
     seconds = time.perf_counter() - t0
     computed = sum(shards[k][1] - shards[k][0] for k in pending)
 
-    _write_outputs(out, work, ids, shards, s["views"], s["merge"])
+    _write_outputs(out, work, ids, shards, s["views"], s["merge"], member.class_names)
     info = {
         "model": str(model), "images": n, "split": split, "source": type(source).__name__, **s,
         "threads": threads, "engine": runner.describe(), "shards": len(shards), "resumed_shards": resumed,
@@ -380,8 +427,62 @@ def predict(
     return out
 
 
+def _predict_bundle(
+    src: Path,
+    model: Path,
+    folders: Sequence[Path],
+    out: Path,
+    cfg: DictConfig,
+    *,
+    split: str,
+    on_shard: Callable[[int, int], None] | None,
+    overwrite: bool,
+) -> Path:
+    """:func:`predict` for a fold bundle: each fold into ``out/fold*/``, ``probs.csv`` their mean.
+
+    The bundle's identity is its folds' weights with the fold runs' other keys,
+    so a re-run resumes the fold that was interrupted and skips finished ones.
+    """
+    member = load_member(folders[0])
+    _, _, images_key = open_images(src, split, member, int(cfg.data.max_pixels))
+    digests = hashlib.sha256(
+        "".join(f"{f.name}\0{weights_digest(f)}\n" for f in folders).encode()
+    ).hexdigest()
+    views = check_views(list(cfg.tta.views))
+    ident = {"model weights": digests[:16], "images": images_key[:24],
+             "tta.views": f"[{','.join(views)}]", "tta.merge": str(cfg.tta.merge),
+             "runtime": str(cfg.get("runtime", "torch")), "precision": str(cfg.precision)}  # fmt: skip
+    record = identity.claim(out, "predict", ident, verb="predicted", outputs=BUNDLE_OUTPUTS,
+                            overwrite=overwrite,
+                            shown={"model weights": f"{ident['model weights']} ({model})"})  # fmt: skip
+    if record["complete"] and all((out / f).is_file() for f in ("probs.csv", "predict.json")):
+        console.say(f"predict: {out} is already complete for this model, images and settings")
+        return out
+    t0 = time.perf_counter()
+    tables = []
+    for f in folders:
+        fold_out = _predict_folder(src, f, out / f.name, cfg, split=split, on_shard=on_shard,
+                                   overwrite=False, onnx=None, label=f"{model.name}/{f.name}")  # fmt: skip
+        tables.append(read_probs(fold_out / "probs.csv"))
+    ids = tables[0][0]
+    if any(t[0] != ids for t in tables):
+        raise DocsortError("fold models predicted different rows", file=str(model))
+    write_probs(out / "probs.csv", ids, np.mean([t[1] for t in tables], axis=0),
+                class_names=member.class_names)  # fmt: skip
+    folds = [json.loads((out / f.name / "predict.json").read_text()) for f in folders]
+    info = {"model": str(model), "folds": [f.name for f in folders], "views": views,
+            "merge": str(cfg.tta.merge), "images": len(ids), "split": split,
+            "runtime": folds[0]["runtime"], "precision": folds[0]["precision"],
+            "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    write_text_atomic(out / "predict.json", json.dumps(info, indent=2))
+    identity.complete(out)
+    return out
+
+
 #: What ``predict`` writes in its output folder: all that ``--overwrite`` removes.
 PREDICT_OUTPUTS = ("probs.csv", "views.npz", "predict.json", "partial")
+#: What ``predict`` writes for a fold bundle.
+BUNDLE_OUTPUTS = ("probs.csv", "predict.json", "fold*")
 
 
 def _shard_path(work: Path, k: int) -> Path:
@@ -389,45 +490,43 @@ def _shard_path(work: Path, k: int) -> Path:
 
 
 def _run_shards(
-    runner, source, spans, shards, pending, work: Path, s: dict, device: torch.device, on_shard
-) -> None:
-    """Run every pending shard's batches through ``runner``; commit each shard as soon as it is complete."""
-    from tqdm.auto import tqdm
+    runner, source, spans, shards, pending, work: Path, s: dict, device: torch.device, on_shard,
+    desc: str = "predict",
+) -> None:  # fmt: skip
+    """Run every pending shard's batches through ``runner``; commit each shard as soon as it is complete.
 
-    total = sum(shards[k][1] - shards[k][0] for k in pending)
-    bar = tqdm(
-        total=total,
-        desc="predict",
-        unit="img",
-        file=sys.stderr,
-        leave=False,
-        mininterval=2.0,
-        disable=None,
-    )
+    One progress display (``desc``), a step per batch: nothing else is printed.
+    """
     batches = iter_batches(source, spans, workers=s["workers"], pin_memory=device.type == "cuda")
     done = len(shards) - len(pending)
     rows_done = sum(b - a for k, (a, b) in enumerate(shards) if k not in set(pending))
-    for k in pending:
-        a, b = shards[k]
-        parts, row = [], a
-        while row < b:
-            x = next(batches)
-            parts.append(runner(x, s["views"]))
-            row += x.shape[0]
-            bar.update(x.shape[0])
-        with atomic_path(_shard_path(work, k)) as tmp, open(tmp, "wb") as f:
-            np.save(f, np.concatenate(parts, axis=1))  # (V, rows, K) float32 logits
-        done, rows_done = done + 1, rows_done + b - a
-        progress = {"shards_done": done, "shards": len(shards), "images_done": rows_done, "images": shards[-1][1],
-                    "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
-        write_text_atomic(work / "progress.json", json.dumps(progress, indent=2))
-        if on_shard is not None:
-            on_shard(done, len(shards))
-    bar.close()
+    with console.Progress(len(spans), desc, unit="batches") as bar:
+        for k in pending:
+            a, b = shards[k]
+            parts, row = [], a
+            while row < b:
+                x = next(batches)
+                parts.append(runner(x, s["views"]))
+                row += x.shape[0]
+                bar.update(1)
+            with atomic_path(_shard_path(work, k)) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.concatenate(parts, axis=1))  # (V, rows, K) float32 logits
+            done, rows_done = done + 1, rows_done + b - a
+            progress = {"shards_done": done, "shards": len(shards), "images_done": rows_done, "images": shards[-1][1],
+                        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+            write_text_atomic(work / "progress.json", json.dumps(progress, indent=2))
+            if on_shard is not None:
+                on_shard(done, len(shards))
 
 
 def _write_outputs(
-    out: Path, work: Path, ids: Sequence[str], shards, views: Sequence[str], how: str
+    out: Path,
+    work: Path,
+    ids: Sequence[str],
+    shards,
+    views: Sequence[str],
+    how: str,
+    class_names: Sequence[str] | None = None,
 ) -> None:
     """Stream the shards into ``probs.csv`` and ``views.npz`` (one shard in memory at a time)."""
     k = None
@@ -436,13 +535,7 @@ def _write_outputs(
             logits = np.load(_shard_path(work, n))
             k = logits.shape[-1]
             probs = merge(torch.from_numpy(logits), how).numpy().astype(np.float64)
-            df = pd.concat(
-                [
-                    pd.DataFrame({"ID": list(ids[a:b])}),
-                    pd.DataFrame(probs, columns=prob_columns(k)),
-                ],
-                axis=1,
-            )
+            df = probs_frame(list(ids[a:b]), probs, class_names=class_names)
             df.to_csv(f, index=False, header=n == 0, float_format="%.6g")
     width = max((len(i) for i in ids), default=1)
     with (

@@ -5,12 +5,19 @@ by that number; the seed's user ran both on a set of hard images labelled by
 hand and read the results side by side. This module builds that table, the
 per-candidate scores, paired wins/losses with an exact McNemar p-value (the
 right test for two classifiers on the same few dozen images), and picks a
-winner by a fixed, stated policy so the choice is reproducible:
+winner by the rule of :mod:`docsort.core.evidence`, so that one image of
+difference is never reported as a finding:
 
-1. more hard cases right (same rows for everyone, so counts compare exactly),
-2. then higher OOF macro F1 (unknown counts as worst),
-3. then fewer members (cheaper to run; unknown counts as most),
-4. then name, so the result never depends on input order.
+- the *prior* candidate is the one chosen without evidence (:data:`PRIOR`):
+  an ensemble over a single member, soft voting over weighted, stacked and
+  hard voting (the seed found soft voting better than hard), then fewer
+  members, then the order given;
+- the candidates are ranked on the evidence: more hard cases right (same rows
+  for everyone, so counts compare exactly), then higher OOF macro F1 (unknown
+  counts as worst), then fewer members, then name;
+- the first-ranked candidate wins *by evidence* only if it beats the prior on
+  the hard cases with an exact McNemar p < alpha; otherwise the prior wins and
+  the comparison says the evidence does not separate them, with the counts.
 
 Rows marked ``kind == "label_error"`` record a wrong *training* label, not a
 model error: they are listed but not scored.
@@ -33,16 +40,29 @@ import pandas as pd
 from docsort.core.atomic import atomic_path
 from docsort.core.csv_tables import read_table
 from docsort.core.errors import DocsortError
+from docsort.core.evidence import ALPHA, Choice, check_alpha, choice_from_record, choose
 from docsort.core.outputs import stage
 from docsort.core.probs import align, read_probs
 from docsort.core.stats import macro_f1, paired_compare
 from docsort.core.tables import fmt_cell, text_table
 from docsort.data.contract import read_meta
 from docsort.data.prepared import Prepared
-from docsort.ensemble.candidate import expand_candidates
+from docsort.ensemble.candidate import copy_candidate, expand_candidates
 
 LABEL_ERROR = "label_error"
-POLICY = "highest hard-case accuracy, then higher OOF macro F1, then fewer members, then name"
+#: How candidates are ranked on the evidence (the first one is the challenger).
+RANKING = "hard-case accuracy, then OOF macro F1, then fewer members, then name"
+#: The stated prior: the candidate chosen when the hard cases do not separate them.
+PRIOR = (
+    "an ensemble over a single member, soft voting over weighted, stacked and hard voting, "
+    "then fewer members, then the order given"
+)
+#: Prior order of ensemble methods (unknown methods come last).
+METHOD_PRIOR = ("soft", "weighted", "stacked", "hard")
+POLICY = (
+    f"the top candidate by {RANKING} wins only if it beats the prior candidate ({PRIOR}) "
+    "on the hard cases with exact McNemar p < alpha; otherwise the prior wins"
+)
 
 
 def _text(value: object) -> str:
@@ -70,6 +90,13 @@ class Comparison:
     pairwise: pd.DataFrame
     winner: str
     policy: str
+    prior: str = ""
+    choice: Choice | None = None
+
+    @property
+    def decided_by(self) -> str:
+        """``evidence`` when the hard cases moved the choice away from the prior, else ``prior``."""
+        return self.choice.decided_by if self.choice else "prior"
 
     def format_table(self, id_width: int = 28, note_width: int = 40) -> str:
         """Readable plain-text rendering for the terminal."""
@@ -112,7 +139,7 @@ class Comparison:
             "Hard cases (prediction, confidence, ok / X; '-' = not scored)",
             text_table(headers, rows),
             "",
-            "Candidates",
+            "Candidates (rank: order on the evidence; the winner follows the rule below)",
             text_table(
                 ["candidate", "right", "accuracy", "macro_f1", "oof_macro_f1", "members", "rank"],
                 cand_rows,
@@ -175,25 +202,67 @@ def _shown(r: pd.Series, level: int) -> str:
     return str(r["candidate"])
 
 
-def _decide(stats: pd.DataFrame) -> tuple[list[str], str]:
-    """Rank candidates by the policy and explain, level by level, what decided."""
+def _rank(stats: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Rank candidates on the evidence and explain, level by level, where they part."""
     rows = {r["candidate"]: r for _, r in stats.iterrows()}
     keys = {name: _policy_key(r) for name, r in rows.items()}
     ranked = sorted(rows, key=keys.__getitem__)
-    if len(ranked) == 1:
-        return ranked, f"Winner: {ranked[0]} (only candidate). Policy: {POLICY}."
-    pool, steps, decided = ranked, [], _LEVELS[-1]
+    pool, steps = ranked, []
     for level, label in enumerate(_LEVELS):
+        if len(pool) == 1:
+            break
         best = min(keys[n][level] for n in pool)
         kept = [n for n in pool if keys[n][level] == best]
         desc = ", ".join(_shown(rows[n], level) for n in pool)
         steps.append(f"{label}: " + (f"tied ({desc})" if len(kept) == len(pool) else desc))
         pool = kept
-        if len(pool) == 1:
-            decided = label
-            break
-    text = f"Winner: {ranked[0]}, decided by {decided}. Policy: {POLICY}.\n"
-    return ranked, text + "\n".join(f"  {s}" for s in steps)
+    return ranked, steps
+
+
+def prior_candidate(
+    names: Sequence[str], methods: Mapping[str, str] | None, members: Mapping[str, int] | None
+) -> str:
+    """The candidate :data:`PRIOR` picks: an ensemble over a single member (averaging members
+    lowers the variance of any one of them, the seed's finding), then by method, then fewer
+    members (cheaper to predict), then the order given."""
+    methods, members = methods or {}, members or {}
+
+    def key(i: int) -> tuple:
+        method = methods.get(names[i])
+        count = members.get(names[i])
+        single = count is not None and not pd.isna(count) and int(count) == 1
+        return (
+            single,
+            METHOD_PRIOR.index(method) if method in METHOD_PRIOR else len(METHOD_PRIOR),
+            math.inf if count is None or pd.isna(count) else count,
+            i,
+        )
+
+    return names[min(range(len(names)), key=key)]
+
+
+def _decide(
+    stats: pd.DataFrame,
+    prior: str,
+    correct: Mapping[str, np.ndarray],
+    alpha: float,
+) -> tuple[list[str], Choice, str]:
+    """Rank on the evidence, apply the rule against ``prior`` and write the explanation."""
+    ranked, steps = _rank(stats)
+    rows = {r["candidate"]: r for _, r in stats.iterrows()}
+    paired = {n: paired_compare(correct[n], correct[prior]) for n in ranked if n != prior}
+    notes = {n: f"{r['correct']}/{r['scored']} right" for n, r in rows.items()}
+    choice = choose(ranked, prior, paired, alpha, noun="candidate", notes=notes, prior_reason=PRIOR)
+    if len(ranked) == 1:
+        return ranked, choice, f"Winner: {choice.name} (only candidate)."
+    how = "by evidence" if choice.decided_by == "evidence" else "by the stated prior"
+    lines = [
+        f"Winner: {choice.name}, decided {how}.",
+        f"  {choice.evidence_text}.",
+        f"  Ranked by {RANKING}:",
+        *(f"    {s}" for s in steps),
+    ]
+    return ranked, choice, "\n".join(lines)
 
 
 def score_candidates(
@@ -206,13 +275,18 @@ def score_candidates(
     kinds: Sequence[object] | None = None,
     oof_macro_f1: Mapping[str, float] | None = None,
     members: Mapping[str, int] | None = None,
+    methods: Mapping[str, str] | None = None,
+    alpha: float = ALPHA,
 ) -> Comparison:
     """Compare candidates on hard cases and choose the winner by :data:`POLICY`.
 
     ``candidate_probs`` maps candidate name to N x K probabilities aligned to
-    ``ids``. Macro F1 is over the classes present among the scored truths: a
-    hand-picked set rarely covers every class.
+    ``ids`` (its order is "the order given" of :data:`PRIOR`); ``methods``
+    are the ensemble methods (``soft``, ``hard``, ...). Macro F1 is over the
+    classes present among the scored truths: a hand-picked set rarely covers
+    every class.
     """
+    alpha = check_alpha(alpha)
     y = np.asarray(targets, dtype=np.int64)
     arrays = _check_inputs(ids, y, candidate_probs)
     names = list(arrays)
@@ -257,7 +331,10 @@ def score_candidates(
             for c in names
         ]
     )
-    ranked, policy = _decide(per_candidate)
+    prior = prior_candidate(names, methods, members)
+    ranked, choice, policy = _decide(
+        per_candidate, prior, {c: correct[c][scored] for c in names}, alpha
+    )
     per_candidate["rank"] = [ranked.index(c) + 1 for c in per_candidate["candidate"]]
     per_candidate = per_candidate.sort_values("rank").reset_index(drop=True)
 
@@ -283,8 +360,10 @@ def score_candidates(
         per_image=per_image,
         per_candidate=per_candidate,
         pairwise=pairwise,
-        winner=ranked[0],
+        winner=choice.name,
         policy=policy,
+        prior=prior,
+        choice=choice,
     )
 
 
@@ -304,6 +383,7 @@ def compare_candidates(
     *,
     summary: str | os.PathLike | None = None,
     hardcases: str | os.PathLike | None = None,
+    alpha: float = ALPHA,
 ) -> Path:
     """Score each candidate folder on the current hard cases; write the table and the winner.
 
@@ -311,17 +391,21 @@ def compare_candidates(
     candidate run``) or folders holding several. The verdicts are the data
     root's hardcases.csv as it is now, or ``hardcases`` (see
     :func:`docsort.review.hardcases.current_hardcases`): a verdict added after
-    ``prepare`` counts. Without any hard case on a test image the policy falls
-    through to OOF macro F1, and the table says so. ``summary`` gets a copy of
-    ``comparison.md`` (a KFP Markdown output).
+    ``prepare`` counts. Without any hard case on a test image nothing separates
+    the candidates and the stated prior chooses, and the table says so.
+    ``winner.json`` records ``decided_by`` (``evidence`` or ``prior``) and the
+    ``evidence`` (the challenger's wins, losses and p against the prior).
+    ``summary`` gets a copy of ``comparison.md`` (a KFP Markdown output).
     """
     from docsort.review.hardcases import current_hardcases
+
+    alpha = check_alpha(alpha)
 
     prep = Prepared(Path(prepared))
     meta = read_meta(prep.root / "meta.csv")
     verdicts = current_hardcases(prep, hardcases)
     hard = verdicts.rows[verdicts.rows["ID"].isin(set(prep.test_ids))]
-    cand_probs, oof, members, dirs = {}, {}, {}, {}
+    cand_probs, oof, members, methods, dirs = {}, {}, {}, {}, {}
     for c in expand_candidates(candidates):
         info = json.loads((c / "candidate.json").read_text())
         name = info["name"]
@@ -343,10 +427,12 @@ def compare_candidates(
             info.get("oof_macro_f1") if info.get("oof_macro_f1") is not None else float("nan")
         )
         members[name] = int(info["members"])
+        methods[name] = str(info.get("method") or "")
         dirs[name] = c
     cmp = score_candidates(
         hard["ID"].tolist(), np.asarray(hard["target"], dtype=np.int64), cand_probs, class_names=meta.class_names,
         notes=hard["note"].tolist(), kinds=hard["kind"].tolist(), oof_macro_f1=oof, members=members,
+        methods=methods, alpha=alpha,
     )  # fmt: skip
     out = Path(out)
     with atomic_path(out, is_dir=True) as tmp:
@@ -356,18 +442,20 @@ def compare_candidates(
         text = cmp.format_table()
         if hard.empty:
             text = (
-                "No hard case is a test image (add some with `docsort hardcases add`): the winner is chosen on OOF macro F1.\n\n"
+                "No hard case is a test image (add some with `docsort hardcases add`): nothing separates the candidates, so the stated prior chooses.\n\n"
                 + text
             )
         text = f"{verdicts.describe(len(hard))}\n\n{text}"
         (tmp / "comparison.txt").write_text(text)
         (tmp / "comparison.md").write_text(
-            f"# Hard-case comparison\n\nWinner: **{cmp.winner}**\n\n```\n{text}\n```\n"
+            f"# Hard-case comparison\n\nWinner: **{cmp.winner}** (decided by {cmp.decided_by})\n\n```\n{text}\n```\n"
         )
-        shutil.copytree(dirs[cmp.winner], tmp / "winner")
+        copy_candidate(dirs[cmp.winner], tmp / "winner")  # its spec still finds the members
         record = {
             "winner": cmp.winner,
             "policy": cmp.policy,
+            "prior": cmp.prior,
+            **(cmp.choice.record() if cmp.choice else {}),
             "candidates": {n: str(Path(d).resolve()) for n, d in dirs.items()},
             "hardcases": len(hard),
             "hardcases_file": verdicts.file,
@@ -405,4 +493,5 @@ def load_comparison(folder: str | os.PathLike) -> Comparison:
         per_image[f"{c}:conf"] = per_image[f"{c}:conf"].astype(float)
     per_image["scored"] = per_image["scored"].astype(str).str.lower() == "true"
     return Comparison(candidates=names, per_image=per_image, per_candidate=per_candidate, pairwise=pairwise,
-                      winner=record["winner"], policy=record["policy"])  # fmt: skip
+                      winner=record["winner"], policy=record["policy"], prior=record.get("prior", ""),
+                      choice=choice_from_record(record["winner"], record))  # fmt: skip

@@ -6,13 +6,15 @@ import contextlib
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
-from docsort.core import storage
+from docsort.core import storage, tracking
 from docsort.core.choices import REPORT_SETS
 from docsort.core.csv_tables import read_table
 from docsort.core.errors import DocsortError
@@ -24,6 +26,9 @@ from docsort.ensemble import members as mem
 from docsort.ensemble.tta_ablation import Ablation, load_ablation, member_views, pooled_ablation
 from docsort.review.compare import load_comparison
 from docsort.review.hardcases import Verdicts, current_hardcases
+
+if TYPE_CHECKING:
+    from docsort.review.report_html import PerImage
 
 # ---------------------------------------------------------------- error report
 
@@ -100,10 +105,15 @@ _SET_TEXT = {
 
 
 def image_loader(prep: Prepared, split: str):
-    """ID -> image array: the original file when the dataset root is a local folder, else the prepared cache."""
+    """ID -> image array: the original file when the dataset root is a local folder, else the prepared cache.
+
+    The original is read at up to the report's full-size view (``FULL_MAX``
+    pixels, colour kept): the person deciding between candidates reads the page.
+    """
     from PIL import Image
 
     from docsort.data.contract import image_path, upright
+    from docsort.review.report_html import FULL_MAX
 
     source = prep.info.get("source")
     root = Path(source) / split if source and not storage.is_s3(source) else None
@@ -118,9 +128,9 @@ def image_loader(prep: Prepared, split: str):
                 p = image_path(root, image_id)
                 if p.is_file():
                     with Image.open(p) as im:
-                        im.draft("L", (320, 320))
+                        im.draft(im.mode, (FULL_MAX, FULL_MAX))
                         im = upright(im)  # as the model saw it: EXIF orientation applied
-                        im.thumbnail((320, 320))
+                        im.thumbnail((FULL_MAX, FULL_MAX))
                         return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
             except (OSError, ValueError, DocsortError):
                 pass
@@ -131,6 +141,139 @@ def image_loader(prep: Prepared, split: str):
         return None
 
     return load
+
+
+def any_image_loader(prep: Prepared, test_ids: Sequence[str]):
+    """ID -> image array for test and training images alike (hard cases are both); test wins a clash."""
+    test, train, tests = image_loader(prep, "test"), image_loader(prep, "train"), set(test_ids)
+    return lambda image_id: (test if image_id in tests else train)(image_id)
+
+
+def _comparison_candidates(comparison: Path) -> tuple[dict[str, Path], list[str]]:
+    """The compared candidates' folders (winner.json), and a line per one that cannot be read."""
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads((comparison / "winner.json").read_text())
+        listed = record.get("candidates") if isinstance(record, dict) else None
+        if isinstance(listed, dict):
+            found, missing = {}, []
+            for name, folder in listed.items():
+                path = Path(str(folder))
+                if (path / "probs.csv").is_file():
+                    found[str(name)] = path
+                else:
+                    missing.append(f"{name} ({folder}: no probs.csv)")
+            return found, missing
+    return {}, ["winner.json lists no candidate folders"]
+
+
+def _predictions(folder: Path, ids: Sequence[str], test_ids: set[str], k: int) -> np.ndarray:
+    """A candidate's probabilities for ``ids``: probs.csv for test images, oof.csv for training ones; NaN where none."""
+    rows: dict[str, np.ndarray] = {}
+    if (folder / "oof.csv").is_file():
+        o_ids, o_probs, _ = read_probs(folder / "oof.csv", k)
+        rows.update((i, o_probs[n]) for n, i in enumerate(o_ids) if i not in test_ids)
+    t_ids, t_probs, _ = read_probs(folder / "probs.csv", k)
+    rows.update((i, t_probs[n]) for n, i in enumerate(t_ids) if i in test_ids)
+    out = np.full((len(ids), k), np.nan)
+    for n, i in enumerate(ids):
+        if i in rows:
+            out[n] = rows[i]
+    return out
+
+
+def _texts(values) -> list[str]:
+    """A text column of the hard-case file; NaN read as empty."""
+    return ["" if pd.isna(v) else str(v) for v in values]
+
+
+def _review_rows(
+    prep: Prepared,
+    cand: Path,
+    name: str,
+    comparison: Path | None,
+    verdicts: Callable[[], Verdicts],
+) -> tuple[PerImage | None, PerImage | None]:
+    """The hard-case view (every verdict) and, with a comparison, the test images the candidates disagree on."""
+    from docsort.review.report_html import PerImage
+
+    k = prep.num_classes
+    test_ids = prep.test_ids
+    tests = set(test_ids)
+    loader = any_image_loader(prep, test_ids)
+    found, missing = _comparison_candidates(comparison) if comparison is not None else ({}, [])
+    folders = found if found else {name: cand}
+    try:
+        current = verdicts()
+    except DocsortError:
+        current = None
+    hard = None
+    if current is not None:
+        rows = current.rows
+        ids = [str(i) for i in rows["ID"]]
+        probs = {}
+        for c, f in folders.items():
+            with contextlib.suppress(DocsortError):  # a broken table is the comparison's to refuse
+                probs[c] = _predictions(f, ids, tests, k)
+        hard = PerImage(
+            ids=ids,
+            probs=probs,
+            truth=rows["target"].to_numpy(dtype=np.int64),
+            kinds=_texts(rows["kind"]),
+            notes=_texts(rows["note"]),
+            image_loader=loader,
+            note=current.describe()
+            + ". Predictions: probs.csv for test images, OOF for training images.",
+        )
+    if comparison is None:
+        return hard, None
+    truth = np.full(len(test_ids), -1, dtype=np.int64)
+    position = {i: n for n, i in enumerate(test_ids)}
+    known = "no test labels"
+    if (f := prep.file("test_labels.csv")) is not None:
+        labels = read_table(f, required=("target",))
+        for i, t in zip(labels["ID"], labels["target"], strict=True):
+            if i in position:
+                truth[position[i]] = int(t)
+        known = "labels from test_labels.csv"
+    said: dict[str, tuple[str, str]] = {}
+    if current is not None:
+        rows = current.rows[current.rows["ID"].isin(tests)]
+        said = dict(
+            zip(
+                rows["ID"],
+                zip(_texts(rows["kind"]), _texts(rows["note"]), strict=True),
+                strict=True,
+            )
+        )
+        for i, t, kind in zip(rows["ID"], rows["target"], rows["kind"], strict=True):
+            if kind != "label_error" and truth[position[i]] < 0:
+                truth[position[i]] = int(t)
+        known += " and the hard cases"
+    probs = {}
+    for c, f in found.items():
+        try:
+            ids_c, p_c, _ = read_probs(f / "probs.csv", k)
+            probs[c] = align(ids_c, p_c, test_ids, source=str(f / "probs.csv"))
+        except DocsortError as err:
+            missing.append(f"{c} ({err})")
+    note = f"The compared candidates' predictions on the test images (probs.csv); {known}."
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        record = json.loads((comparison / "winner.json").read_text())
+        if record.get("winner"):
+            how = record.get("decided_by")
+            note += f" Winner: {record['winner']}" + (f" (decided by {how})." if how else ".")
+    if missing:
+        note += " Not read: " + "; ".join(missing) + "."
+    dis = PerImage(
+        ids=list(test_ids),
+        probs=probs,
+        truth=truth,
+        kinds=[said.get(i, ("", ""))[0] for i in test_ids],
+        notes=[said.get(i, ("", ""))[1] for i in test_ids],
+        image_loader=loader,
+        note=note,
+    )
+    return hard, dis
 
 
 def _candidate_ablation(cand: Path) -> Ablation | None:
@@ -233,8 +376,12 @@ def error_report(
     note = " ".join(
         [f"Computed on {_SET_TEXT[kind]}.", *(f"{line[0].upper()}{line[1:]}." for line in said)]
     )
+    hard, disagree = _review_rows(
+        prep, cand, name, Path(comparison) if comparison else None, verdicts
+    )
     write_report(html, class_names=prep.class_names, ids=ids, targets=targets, probs=probs, image_loader=image_loader(prep, split),
-                 comparison=cmp, ablation=abl, title=title, note=note, tables=tables, max_gallery=max_gallery)  # fmt: skip
+                 comparison=cmp, ablation=abl, title=title, note=note, tables=tables, max_gallery=max_gallery,
+                 hardcases=hard, disagreements=disagree)  # fmt: skip
     md = Path(summary) if summary is not None else html.with_name("summary.md")
     write_summary_md(
         md,
@@ -245,6 +392,7 @@ def error_report(
         ablation=abl,
         title=title,
         note=note,
+        disagreements=disagree,
     )
     preds = probs.argmax(1)
     result = ReportResult(html=html, summary=md, on=kind, images=len(ids), macro_f1=macro_f1(targets, preds),
@@ -252,6 +400,8 @@ def error_report(
                           confusion=confusion_matrix(targets, preds, prep.num_classes), hardcases=tuple(said))  # fmt: skip
     if metrics is not None or confusion is not None:
         log_report_metrics(result, metrics, confusion)
+    tracking.log_artifact([html, md], kind="report", name=f"{name}-{kind}",
+                          metrics={"macro_f1": result.macro_f1, "accuracy": result.accuracy})  # fmt: skip
     return result
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from docsort.core import outputs
+from docsort.core import console, outputs
 from docsort.core.errors import ConfigError, DocsortError
 from docsort.sweep import search_space
 from docsort.sweep.results import (
@@ -311,6 +311,26 @@ def _run_trial(
     return value
 
 
+def trial_line(study, frozen, space: SearchSpace) -> str:
+    """One line per finished trial, like Optuna's own log: state, value, time, params, best so far."""
+    import optuna
+
+    name = frozen.user_attrs.get("name", f"trial-{frozen.number:03d}")
+    params = " ".join(f"{k}={v}" for k, v in frozen.user_attrs.get("params", {}).items())
+    took = console.fmt_seconds(frozen.duration.total_seconds()) if frozen.duration else "-"
+    state = _state_of(frozen)
+    what = f"{space.metric}={frozen.value:.4f}" if state == "succeeded" else state
+    if state != "succeeded" and frozen.user_attrs.get("reason"):
+        what += f" ({frozen.user_attrs['reason']})"
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = ""
+    if done:
+        pick = max if space.maximize else min
+        b = pick(done, key=lambda t: t.value)
+        best = f"; best {b.user_attrs.get('name', b.number)} {b.value:.4f}"
+    return f"{name}: {what} in {took}  [{params}]{best}"
+
+
 def _state_of(frozen) -> str:
     import optuna
 
@@ -414,13 +434,16 @@ def run_local_sweep(
                 log.info("goal %s=%g reached by trial %d", sp.metric, sp.goal, frozen.number)
                 study.stop()
 
+    def report(study, frozen) -> None:
+        console.say(trial_line(study, frozen, sp))
+
     study.optimize(
         objective,
         n_trials=n_trials or sp.max_trial_count,
         timeout=timeout_s,
         n_jobs=parallel,
         catch=(_TrialFailed,),
-        callbacks=[stop_rules],
+        callbacks=[stop_rules, report],
     )
 
     rows, failed = [], []

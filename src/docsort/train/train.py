@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from docsort.core import console
 from docsort.core.atomic import remove_stale_temps, temp_name, write_text_atomic
 from docsort.core.config import COMPILE_BACKENDS, load_config, save_config
 from docsort.core.device import (
@@ -213,8 +214,9 @@ class Classifier(L.LightningModule):
         )
         self.history = [h for h in self.history if h["epoch"] < epoch]
         self.history.append({"epoch": epoch, "val_macro_f1": f1, "val_loss": loss, "lr": float(lr)})
-        if self.trainer.is_global_zero:
-            # one write, newline included: nothing (a progress bar) can land inside a metric line
+        if self.trainer.is_global_zero and not console.interactive(sys.stdout):
+            # Katib's collector reads a pipe, never a terminal (where the progress display
+            # shows the score). One write, newline included: nothing can land inside a line.
             print(
                 f"epoch={epoch}\nval_macro_f1={f1:.4f}\nval_loss={loss:.4f}\n", end="", flush=True
             )
@@ -259,25 +261,39 @@ def compile_backend(value: object) -> str | None:
     return str(value)
 
 
-class _StderrProgress(L.Callback):
-    """One progress line per epoch on stderr (stdout stays clean for metric lines)."""
+class _FitProgress(L.Callback):
+    """One progress display for the whole fit (all epochs' batches), with the epoch and val F1.
+
+    A bar on a terminal, a plain line every few seconds elsewhere (stderr: stdout
+    is for Katib's metric lines).
+    """
 
     def __init__(self, desc: str):
         self.desc, self.bar = desc, None
 
-    def on_train_epoch_start(self, trainer, pm):
+    def on_train_start(self, trainer, pm):
         if not trainer.is_global_zero:
             return
-        from tqdm.auto import tqdm
+        per_epoch = int(trainer.num_training_batches)
+        remaining = trainer.max_epochs - trainer.current_epoch
+        self.bar = console.Progress(per_epoch * remaining, self.desc, "batch")
 
-        self.bar = tqdm(total=trainer.num_training_batches, desc=f"{self.desc} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}",
-                        unit="batch", file=sys.stderr, leave=False, mininterval=2.0, disable=None)  # fmt: skip
-
-    def on_train_batch_end(self, trainer, *_):
+    def on_train_batch_end(self, trainer, pm, *_):
         if self.bar:
-            self.bar.update(1)
+            self.bar.update(1, self._postfix(trainer, pm))
 
-    def on_train_epoch_end(self, *_):
+    def on_validation_end(self, trainer, pm):
+        if self.bar and pm.history:
+            self.bar.update(0, self._postfix(trainer, pm))
+
+    @staticmethod
+    def _postfix(trainer, pm) -> str:
+        text = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        if pm.history:
+            text += f", val F1 {pm.history[-1]['val_macro_f1']:.3f}"
+        return text
+
+    def on_train_end(self, *_):
         if self.bar:
             self.bar.close()
             self.bar = None
@@ -351,6 +367,15 @@ def wandb_mode(cfg: DictConfig, env: Mapping[str, str] | None = None) -> str:
     return mode
 
 
+def wandb_group(cfg: DictConfig, out: Path) -> str:
+    """The W&B group a member's run joins: ``tracking.group``, else ``$WANDB_RUN_GROUP``, else the
+    training run's folder (a fold=all bundle for its folds), so one experiment's folds sit together."""
+    given = cfg.tracking.get("group") or os.environ.get("WANDB_RUN_GROUP")
+    if given:
+        return str(given)
+    return out.parent.name if out.name.startswith("fold") and out.name[4:].isdigit() else out.name
+
+
 def _loggers(cfg: DictConfig, out: Path, name: str) -> list:
     """A CSV logger always (a new version per start: Lightning empties a reused one), W&B unless disabled."""
     from lightning.pytorch.loggers import CSVLogger
@@ -363,13 +388,19 @@ def _loggers(cfg: DictConfig, out: Path, name: str) -> list:
 
         if mode == "offline":
             os.environ["WANDB_MODE"] = "offline"
-        # console="off": stdout stays exactly the metric lines Katib parses
-        settings = (
-            {"console": "off", "x_disable_stats": True} if mode == "offline" else {"console": "off"}
-        )
-        loggers.append(WandbLogger(project=str(cfg.tracking.project), name=os.environ.get("WANDB_NAME") or name,
+        # console="off": stdout stays exactly the metric lines Katib parses; silent: W&B's
+        # banners and sync notes stay out of the terminal (docsort -v shows them)
+        settings = {"console": "off", "silent": not console.verbose()}
+        if mode == "offline":
+            settings["x_disable_stats"] = True
+        group = wandb_group(cfg, out)
+        loggers.append(WandbLogger(project=str(cfg.tracking.project), group=group, job_type="train",
+                                   name=os.environ.get("WANDB_NAME") or f"{group}/{name}",
                                    save_dir=str(out), offline=mode == "offline", log_model=False,
                                    settings=settings))  # fmt: skip
+        # Lightning 2.x always passes anonymous=None, which wandb >= 0.22 warns about on the
+        # terminal (lightning/pytorch/loggers/wandb.py, WandbLogger.__init__); it has no effect
+        loggers[-1]._wandb_init.pop("anonymous", None)
     config = OmegaConf.to_container(cfg, resolve=True)
     for lg in loggers:
         lg.log_hyperparams(config)
@@ -443,7 +474,7 @@ class Run:
 
         ckpt_dir = out / "checkpoints"
         self.last = ckpt_dir / "last.ckpt"
-        callbacks: list = [_StderrProgress(out.name)]
+        callbacks: list = [_FitProgress(member_label(fold))]
         self.best_cb = None
         if self.val_loader is not None:
             self.best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_macro_f1", mode="max",
@@ -465,7 +496,7 @@ class Run:
         """Train, resuming from ``last.ckpt`` when the folder has one (loaded with weights_only=True)."""
         resume = str(self.last) if self.last.is_file() else None
         if resume and self.trainer.is_global_zero:
-            print(f"resuming from {resume}", file=sys.stderr, flush=True)
+            console.say(f"{member_label(self.fold)}: resuming from {resume}")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             warnings.filterwarnings("ignore", ".*The number of training batches.*")
@@ -478,9 +509,23 @@ class Run:
             )
 
 
+def member_label(fold: int | None) -> str:
+    """How output names a member: ``fold 2`` or ``all data`` (fold=none)."""
+    return "all data" if fold is None else f"fold {fold}"
+
+
 def train_member(prep: Prepared, cfg: DictConfig, fold: int | None, out: Path) -> dict:
     """Train one member on ``fold``'s training rows (all rows when ``fold`` is None)."""
+    import time
+
+    t0 = time.monotonic()
     run = Run(prep, cfg, fold, out)
+    if run.trainer.is_global_zero:
+        of = f"/{int(prep.info['num_folds'])}" if fold is not None else ""
+        console.header(
+            f"{member_label(fold)}{of}: {cfg.model.name}, {int(cfg.data.image_size)} px, "
+            f"{int(cfg.train.epochs)} epochs, {len(run.tr_rows)} train / {len(run.va_rows)} val images"
+        )
     run.fit()
     trainer, module = run.trainer, run.module
     if not trainer.is_global_zero:  # other DDP ranks only helped to train
@@ -528,16 +573,30 @@ def train_member(prep: Prepared, cfg: DictConfig, fold: int | None, out: Path) -
             oof_macro_f1=macro_f1(targets[va_rows], single.argmax(1), labels),
             oof_tta_macro_f1=macro_f1(targets[va_rows], probs.argmax(1), labels),
         )
-        _log_wandb_summary(trainer, prep.class_names, ids, targets[va_rows], probs, result)
+        _log_wandb_summary(
+            trainer, prep.class_names, ids, targets[va_rows], probs, result, run.images, va_rows
+        )
     save_member(out, model, cfg, prep.class_names, fold=fold, epochs=result["epochs"])
     save_config(cfg, out / "config.yaml")
     write_text_atomic(out / "metrics.json", json.dumps(result, indent=2))
+    console.say(_member_result(fold, result, time.monotonic() - t0))
     for lg in trainer.loggers:
         if type(lg).__name__ == "WandbLogger":
             import wandb
 
             wandb.finish()
     return result
+
+
+def _member_result(fold: int | None, result: dict, seconds: float) -> str:
+    """The line that closes a member: its scores and time."""
+    text = f"{member_label(fold)}: {result['epochs']} epochs in {console.fmt_seconds(seconds)}"
+    if "val_macro_f1" in result:
+        text += (
+            f"; val macro F1 {result['val_macro_f1']:.4f} (best epoch {result['best_epoch']}), "
+            f"with 8-view TTA {result['oof_tta_macro_f1']:.4f}"
+        )
+    return text
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -551,8 +610,10 @@ def _write_history(path: Path, history: list[dict]) -> None:
     )
 
 
-def _log_wandb_summary(trainer, class_names, ids, targets, probs, result: dict) -> None:
-    """Confusion matrix, a table of the worst OOF predictions and the final scores."""
+def _log_wandb_summary(
+    trainer, class_names, ids, targets, probs, result: dict, images=None, rows=None
+) -> None:
+    """Confusion matrix, a table of the worst OOF predictions (with the images) and the scores."""
     for lg in trainer.loggers:
         if type(lg).__name__ != "WandbLogger":
             continue
@@ -570,10 +631,14 @@ def _log_wandb_summary(trainer, class_names, ids, targets, probs, result: dict) 
             }
         )
         order = np.argsort(probs[np.arange(len(targets)), targets])[:50]
-        table = wandb.Table(columns=["ID", "truth", "predicted", "p_truth", "p_pred"])
+        table = wandb.Table(columns=["ID", "image", "truth", "predicted", "p_truth", "p_pred"])
         for i in order:
+            image = None
+            if images is not None and rows is not None:
+                image = wandb.Image(np.asarray(images[int(rows[i])]).squeeze())
             table.add_data(
                 str(ids[i]),
+                image,
                 class_names[targets[i]],
                 class_names[pred[i]],
                 float(probs[i, targets[i]]),
@@ -650,10 +715,9 @@ def train(
         out, "train", ident, verb="trained", outputs=TRAIN_OUTPUTS, overwrite=overwrite
     )
     if record["complete"] and _finished(out, str(cfg.fold) == "all"):
-        print(
+        console.say(
             f"train: {out} is already complete for this config and data; nothing to do "
-            "(--overwrite starts again)",
-            file=sys.stderr,
+            "(--overwrite starts again)"
         )
         return out
     fold = cfg.fold
@@ -694,6 +758,10 @@ def train(
                    "oof_tta_macro_f1": pooled, "epochs": int(max(r["epochs"] for r in results))}  # fmt: skip
         write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2))
         identity.complete(out)
+        console.say(
+            f"all {len(results)} folds: pooled OOF macro F1 {pooled:.4f} (TTA), "
+            f"mean of the folds' best val {summary['val_macro_f1']:.4f}"
+        )
         return out
     if train_member(prep, cfg, None if str(fold) == "none" else int(fold), out):
         identity.complete(out)
