@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from docsort.core import tracking
 
 
@@ -15,6 +17,7 @@ def test_artifact_mode_follows_the_environment():
     assert tracking.artifact_mode({"WANDB_MODE": "offline", "WANDB_DIR": "/x"}) == "offline"
 
 
+@pytest.mark.slow  # a W&B offline run: about 9 s on 2 cores
 def test_offline_artifact_holds_the_folder_and_leaves_it_alone(tmp_path, monkeypatch):
     cand = tmp_path / "soft"
     cand.mkdir()

@@ -36,6 +36,17 @@ def prob_columns(num_classes: int) -> list[str]:
     return [f"p{k}" for k in range(num_classes)]
 
 
+#: How probabilities are written: 6 significant digits (a reader's argmax is taken on these).
+FLOAT_FORMAT = "%.6g"
+
+
+def as_written(probs: np.ndarray) -> np.ndarray:
+    """``probs`` rounded as :data:`FLOAT_FORMAT` writes them, so a score or a predicted class
+    computed before writing equals the one computed from the file (near-ties can flip)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return np.char.mod(FLOAT_FORMAT, probs).astype(np.float64) if probs.size else probs
+
+
 def probs_frame(
     ids: Sequence[str],
     probs: np.ndarray,
@@ -46,6 +57,7 @@ def probs_frame(
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[0] != len(ids):
         raise ValueError(f"probs shape {probs.shape} does not match {len(ids)} ids")
+    probs = as_written(probs)  # the predicted class is the argmax a reader of the file gets
     if class_names is not None and len(class_names) != probs.shape[1]:
         raise ValueError(f"{len(class_names)} class names for {probs.shape[1]} classes")
     pred = probs.argmax(axis=1) if probs.shape[0] else np.zeros(0, dtype=np.int64)
@@ -73,7 +85,7 @@ def write_probs(
     """
     df = probs_frame(ids, probs, extra, class_names)
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
+        df.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
     return Path(path)
 
 

@@ -23,7 +23,7 @@ from docsort.core.atomic import atomic_path, scratch_dir
 from docsort.core.choices import METHODS
 from docsort.core.errors import DocsortError
 from docsort.core.outputs import stage
-from docsort.core.probs import align, read_probs, write_probs
+from docsort.core.probs import align, as_written, read_probs, write_probs
 from docsort.core.tables import frame_text
 from docsort.ensemble import combiners as ens
 from docsort.ensemble import members as mem
@@ -288,7 +288,8 @@ def _ensemble(
     spec.validate()
     oof = candidate_oof(spec, oofs) if oofs else None
     if oof is not None:
-        spec.oof_macro_f1 = ens.score(oof.probs, oof.targets, "macro_f1")
+        # the score of the oof.csv written beside it (rounded as written: near-ties can flip)
+        spec.oof_macro_f1 = ens.score(as_written(oof.probs), oof.targets, "macro_f1")
     probs = ens.combine(spec, member_probs)
     known = [m for m in model_dirs if m is not None]
     with atomic_path(out, is_dir=True) as tmp:
