@@ -90,10 +90,10 @@ def test_train_shows_a_header_progress_and_a_result_and_logs_the_rest(prepared_r
     rc, stdout, stderr = run_cli("train", "--prepared", prepared_root, "--out", out,
                                  *TINY_TRAIN, "fold=0")  # fmt: skip
     assert rc == 0, stderr
-    assert re.search(r"^== fold 0/2: resnet18, 48 px, 1 epochs, \d+ train / \d+ val images$",
+    assert re.search(r"^== fold 0/2: resnet18, 48 px, 1 epoch, \d+ train / \d+ val images$",
                      stderr, re.M)  # fmt: skip
     assert re.search(
-        r"^fold 0: 1 epochs in .*; val macro F1 0\.\d{4} \(best epoch 1\)", stderr, re.M
+        r"^fold 0: 1 epoch in .*; val macro F1 0\.\d{4} \(best epoch 1\)", stderr, re.M
     )
     assert "GPU available" not in stderr and "Tip" not in stderr
     # Katib's metric lines, each alone on its line

@@ -239,6 +239,13 @@ def test_a_failed_pipeline_ends_with_the_task_and_its_one_line_error(tmp_path: P
         "run", REPO / "src" / "docsort" / "pipelines" / "demo.py", "--local", "--out", tmp_path / "runs",
         "--param", "per_class=2",
     )  # fmt: skip
-    msg = one_line(err)
+    *status, last = [ln for ln in err.splitlines() if ln.strip()]
+    # the run's progress (one line per task as it ends), then the one error line; no traceback
+    assert status[0].startswith("running demo.py with kfp.local")
+    assert [ln.split()[:2] for ln in status[1:]] == [
+        ["done", "sample-data"],
+        ["failure", "prepare"],
+    ]
+    msg = one_line(last)
     assert rc == 2
     assert "task 'prepare-op' failed: " in msg and "fewer than data.num_folds" in msg, msg

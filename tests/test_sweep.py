@@ -8,6 +8,7 @@ as ``docsort train``, its quality depending on the trial's parameters.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -269,11 +270,19 @@ def test_median_pruner_judges_once_at_start_step_like_katib_medianstop():
 # --------------------------------------------------------------------------- local twin
 
 
-def test_local_sweep_prunes_bad_trials_and_returns_the_best_params(tmp_path: Path, fake_command):
+def test_local_sweep_prunes_bad_trials_and_returns_the_best_params(
+    tmp_path: Path, fake_command, capsys
+):
     out = tmp_path / "sweep"
     prep = tmp_path / "prep"  # the trials are fake: any folder beside the output will do
     prep.mkdir()
     result = run_local_sweep(str(prep), space_dict(), out, command=fake_command)
+    # one line per trial as it finishes, like Optuna's log: state or value, params, best so far
+    shown = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("trial-")]
+    assert len(shown) == 12
+    assert sum("pruned (pruned after 2 reports)" in ln for ln in shown) > 0
+    last = shown[-1]
+    assert re.search(r"\[model=\w+ train\.lr=\S+\]; best trial-\d{3} \d\.\d{4}$", last), last
 
     table = pd.read_csv(out / "trials.csv")
     assert len(table) == 12

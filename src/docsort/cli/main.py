@@ -189,7 +189,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.out.startswith("s3://"):  # a Katib trial: train in scratch space, keep the member on S3
         from docsort.sweep.results import train_to_s3
 
-        out = train_to_s3(args.prepared, args.out, args.overrides)
+        console.set_metric_lines(True)  # the collector reads them even from a pod with a TTY
+        try:
+            out = train_to_s3(args.prepared, args.out, args.overrides)
+        finally:
+            console.set_metric_lines(None)
     else:
         from docsort.train.train import train
 

@@ -31,6 +31,7 @@ LOG_NAME = "docsort.log"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _verbose = False
 _log: IO | None = None  # the open log file while :func:`capture` runs
+_metric_lines: bool | None = None
 
 
 def set_verbose(on: bool) -> None:
@@ -41,6 +42,18 @@ def set_verbose(on: bool) -> None:
 
 def verbose() -> bool:
     return _verbose
+
+
+def set_metric_lines(on: bool | None) -> None:
+    """Force Katib's ``name=value`` lines on (a trial: its pod may have a TTY) or back to auto."""
+    global _metric_lines
+    _metric_lines = on
+
+
+def metric_lines() -> bool:
+    """Whether training prints its ``name=value`` lines: always in a Katib trial, else when
+    stdout is not a terminal (a collector, a pipe, a file); a terminal shows the progress display."""
+    return _metric_lines if _metric_lines is not None else not interactive(sys.stdout)
 
 
 def interactive(stream: IO | None = None) -> bool:
@@ -67,6 +80,11 @@ def header(text: str) -> None:
     say(f"== {text}")
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def fmt_seconds(seconds: float) -> str:
     """``42 s``, ``3 min 05 s``, ``1 h 02 min``."""
     s = int(round(seconds))
@@ -78,10 +96,11 @@ def fmt_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """One progress display: a tqdm bar on a terminal, else a plain line every few seconds.
+    """One progress display: a tqdm bar on a terminal, else a plain line every ``every_s`` seconds.
 
-    ``done`` (optional) is printed as the closing line (``desc: done``) after the
-    last update; the bar itself leaves nothing behind on a terminal.
+    A terminal bar leaves nothing behind when closed: the step's result line
+    (printed by the step) follows it. ``update``'s ``postfix`` (the epoch and
+    score of a training run) is shown beside the count.
     """
 
     def __init__(self, total: int | None, desc: str, unit: str = "it", *,
@@ -288,12 +307,6 @@ def capture(log_path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _is_terminal_handler(h: logging.Handler) -> bool:
-    """A handler that prints to the terminal (stderr/stdout), not a file or a null sink."""
-    if isinstance(h, logging.FileHandler) or not isinstance(h, logging.StreamHandler):
-        return False
-    return getattr(h, "stream", None) in (
-        sys.stderr,
-        sys.stdout,
-        sys.__stderr__,
-        sys.__stdout__,
-    ) or (type(h).__name__ == "_StderrHandler")
+    """A library's plain stream handler (stderr/stdout, or the stream that was stderr when it was
+    made, e.g. a test's capture), not a file, a null sink or a capturing subclass (pytest's caplog)."""
+    return type(h) is logging.StreamHandler or type(h).__name__ == "_StderrHandler"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -214,9 +213,9 @@ class Classifier(L.LightningModule):
         )
         self.history = [h for h in self.history if h["epoch"] < epoch]
         self.history.append({"epoch": epoch, "val_macro_f1": f1, "val_loss": loss, "lr": float(lr)})
-        if self.trainer.is_global_zero and not console.interactive(sys.stdout):
-            # Katib's collector reads a pipe, never a terminal (where the progress display
-            # shows the score). One write, newline included: nothing can land inside a line.
+        if self.trainer.is_global_zero and console.metric_lines():
+            # for Katib's collector (on a terminal the progress display shows the score).
+            # One write, newline included: nothing can land inside a line.
             print(
                 f"epoch={epoch}\nval_macro_f1={f1:.4f}\nval_loss={loss:.4f}\n", end="", flush=True
             )
@@ -524,7 +523,8 @@ def train_member(prep: Prepared, cfg: DictConfig, fold: int | None, out: Path) -
         of = f"/{int(prep.info['num_folds'])}" if fold is not None else ""
         console.header(
             f"{member_label(fold)}{of}: {cfg.model.name}, {int(cfg.data.image_size)} px, "
-            f"{int(cfg.train.epochs)} epochs, {len(run.tr_rows)} train / {len(run.va_rows)} val images"
+            f"{console.plural(int(cfg.train.epochs), 'epoch')}, {len(run.tr_rows)} train / "
+            f"{len(run.va_rows)} val images"
         )
     run.fit()
     trainer, module = run.trainer, run.module
@@ -590,7 +590,7 @@ def train_member(prep: Prepared, cfg: DictConfig, fold: int | None, out: Path) -
 
 def _member_result(fold: int | None, result: dict, seconds: float) -> str:
     """The line that closes a member: its scores and time."""
-    text = f"{member_label(fold)}: {result['epochs']} epochs in {console.fmt_seconds(seconds)}"
+    text = f"{member_label(fold)}: {console.plural(result['epochs'], 'epoch')} in {console.fmt_seconds(seconds)}"
     if "val_macro_f1" in result:
         text += (
             f"; val macro F1 {result['val_macro_f1']:.4f} (best epoch {result['best_epoch']}), "
