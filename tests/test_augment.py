@@ -24,6 +24,7 @@ def augraphy_prepared(sample_root, tmp_path_factory):
     return prepare(str(sample_root), tmp_path_factory.mktemp("aug") / "prepared", [*TINY, *OFFLINE])
 
 
+@pytest.mark.slow  # 6-10 s on 2 cores: `make test-slow`
 def test_offline_copies_are_made_in_prepare_and_reused_on_the_second(
     augraphy_prepared, sample_root
 ):

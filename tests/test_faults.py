@@ -333,6 +333,7 @@ def test_full_disk_during_train_is_one_line_and_the_checkpoint_temp_is_removed(
     assert "m/model.safetensors" in again["left"] and _temps(again["left"]) == []
 
 
+@pytest.mark.slow  # 6-10 s on 2 cores: `make test-slow`
 @pytest.mark.parametrize("stage", ["predict", "submission"])
 def test_full_disk_during_predict_and_submission_is_one_line(
     stage: str, prepared_root: Path, trained_member: Path, tmp_path: Path
@@ -365,6 +366,7 @@ READ_ONLY = {
 }  # fmt: skip
 
 
+@pytest.mark.slow  # 6-10 s on 2 cores: `make test-slow`
 @pytest.mark.parametrize("stage", sorted(READ_ONLY))
 def test_read_only_output_folder_is_one_line(
     stage: str, sample_root: Path, prepared_root: Path, trained_member: Path, tmp_path: Path

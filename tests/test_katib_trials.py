@@ -158,6 +158,7 @@ def test_the_shipped_defaults_fit(profile, space):
     check_pipeline_params({"space": space, "n_trials": 0, "sweep_timeout_s": 0}, deadline)
 
 
+@pytest.mark.slow  # 6-10 s on 2 cores: `make test-slow`
 def test_compile_refuses_a_sweep_whose_wait_cannot_cover_it_and_writes_nothing(tmp_path):
     out = tmp_path / "sweep.yaml"
     rc, _, err = run_cli("compile", ROOT / "src/docsort/pipelines/sweep.py", "--out", out,
@@ -300,6 +301,7 @@ def _done(trial) -> bool:
     return trial["status"]["conditions"][-1]["type"] == "Succeeded"
 
 
+@pytest.mark.slow  # 6-10 s on 2 cores: `make test-slow`
 def test_the_sweep_result_names_the_best_trials_member(s3_server, trained_member, prepared_root):
     trials_uri = f"s3://{s3_server.bucket}/runs/r1/sweep-op/trials"
     api = KeepingKatib(trained_member, trials_uri, prepared_root, outcome=quality)

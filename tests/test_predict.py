@@ -102,6 +102,7 @@ def test_interrupted_run_keeps_finished_shards_and_resumes_to_identical_results(
     _assert_same_outputs(out, uninterrupted)
 
 
+@pytest.mark.slow  # 6-10 s on 2 cores: `make test-slow`
 def test_sigkilled_run_resumes_to_identical_results(
     member_dir, prepared_root, uninterrupted, tmp_path
 ):

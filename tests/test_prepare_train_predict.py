@@ -39,6 +39,7 @@ def test_prepare_writes_stratified_reproducible_folds(prepared_root, sample_root
     assert (prepared_root / "eda.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # 6-10 s on 2 cores: `make test-slow`
 def test_prepare_again_reuses_cache_and_keeps_folds(prepared_root, sample_root, tmp_path):
     from docsort.data.prepare import prepare
 

@@ -139,6 +139,7 @@ def test_invalid_prediction_settings_fail_before_any_work(member_dir, prepared_r
         assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # 6-10 s on 2 cores: `make test-slow`
 def test_cache_key_covers_the_whole_resize_spec(sample_root, tmp_path):
     """Besides image_size (tests/test_prepare_train_predict.py), resize mode and channels give a new cache, with new pixels."""
     from docsort.data.prepare import prepare

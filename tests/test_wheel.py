@@ -148,6 +148,7 @@ def test_installed_docsort_runs_from_the_wheel(installed: Path, tmp_path: Path):
         assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr
 
 
+@pytest.mark.slow  # 6-10 s on 2 cores: `make test-slow`
 def test_installed_docsort_compiles_its_shipped_pipelines(installed: Path, tmp_path: Path):
     python = installed / "python"
     found = _run(
