@@ -91,7 +91,9 @@ def candidate_oof(spec: ens.CandidateSpec, oofs: Sequence[mem.OOF]) -> Candidate
 
     Members that share at least MIN_SHARED_ROWS OOF rows are combined on those
     rows; members held out on different folds (fold0 + fold1 models) are pooled
-    per image, which only equal-weight methods allow.
+    per image, which only equal-weight methods allow. The probabilities are
+    rounded as ``oof.csv`` stores them, so a score recorded from them equals the
+    score of the file (near-ties can flip).
     """
     ids, targets, folds, probs = _shared(oofs)
     fitted = spec.method in ("weighted", "stacked") or spec.temperatures is not None
@@ -101,12 +103,14 @@ def candidate_oof(spec: ens.CandidateSpec, oofs: Sequence[mem.OOF]) -> Candidate
                                   calibrate=spec.temperatures is not None, folds=ens.cv_folds(targets))  # fmt: skip
         else:
             p = ens.combine(spec, probs)
-        return CandidateOOF(ids, targets, folds, p, "shared")
+        return CandidateOOF(ids, targets, folds, as_written(p), "shared")
     if fitted:
         return None
     pids, ptargets, p = mem.pooled([(o.ids, o.targets, o.probs) for o in oofs])
     fold_of = {i: f for o in oofs for i, f in zip(o.ids, o.folds, strict=True)}
-    return CandidateOOF(pids, ptargets, np.array([fold_of[i] for i in pids]), p, "pooled")
+    return CandidateOOF(
+        pids, ptargets, np.array([fold_of[i] for i in pids]), as_written(p), "pooled"
+    )
 
 
 def write_candidate(
@@ -288,8 +292,7 @@ def _ensemble(
     spec.validate()
     oof = candidate_oof(spec, oofs) if oofs else None
     if oof is not None:
-        # the score of the oof.csv written beside it (rounded as written: near-ties can flip)
-        spec.oof_macro_f1 = ens.score(as_written(oof.probs), oof.targets, "macro_f1")
+        spec.oof_macro_f1 = ens.score(oof.probs, oof.targets, "macro_f1")
     probs = ens.combine(spec, member_probs)
     known = [m for m in model_dirs if m is not None]
     with atomic_path(out, is_dir=True) as tmp:
