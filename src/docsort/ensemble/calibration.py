@@ -71,26 +71,38 @@ def fit_temperature(
     return best if nll(float(res.x)) < nll(0.0) else 1.0
 
 
-def ece(probs: np.ndarray, targets: Sequence[int], n_bins: int = 15) -> float:
-    """Top-label expected calibration error with ``n_bins`` equal-width bins.
+def confidence_bins(
+    probs: np.ndarray, targets: np.ndarray, n_bins: int = 15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width confidence bin: ``(count, accuracy, mean confidence)``.
 
-    Each prediction falls in the bin of its confidence (bins are (lo, hi],
-    the first also holds 0); ECE is the support-weighted mean gap between the
-    bin's accuracy and its mean confidence.
+    Bins are (lo, hi], the first also holds 0 (a confidence of exactly
+    ``b / n_bins`` falls in bin ``b - 1``); :func:`ece` sums these terms and
+    the reliability diagram draws them. Empty bins have NaN accuracy.
     """
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets)
-    if len(targets) == 0:
-        return float("nan")
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == targets
+    conf = probs.max(axis=1) if len(probs) else np.zeros(0)
+    correct = (probs.argmax(axis=1) == targets) if len(probs) else np.zeros(0, dtype=bool)
     bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    total = 0.0
-    for b in range(n_bins):
-        mask = bins == b
-        if mask.any():
-            total += mask.sum() * abs(correct[mask].mean() - conf[mask].mean())
-    return float(total / len(targets))
+    count = np.bincount(bins, minlength=n_bins)
+    hits = np.bincount(bins, weights=correct.astype(np.float64), minlength=n_bins)
+    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(count > 0, hits / np.maximum(count, 1), np.nan)
+        mean_conf = np.where(count > 0, conf_sum / np.maximum(count, 1), np.nan)
+    return count, acc, mean_conf
+
+
+def ece(probs: np.ndarray, targets: Sequence[int], n_bins: int = 15) -> float:
+    """Top-label expected calibration error with ``n_bins`` equal-width bins
+    (:func:`confidence_bins`): the support-weighted mean gap between each bin's
+    accuracy and its mean confidence."""
+    if len(np.asarray(targets)) == 0:
+        return float("nan")
+    count, acc, conf = confidence_bins(probs, np.asarray(targets), n_bins)
+    used = count > 0
+    return float(np.sum(count[used] * np.abs(acc[used] - conf[used])) / count.sum())
 
 
 @dataclass(frozen=True)

@@ -13,30 +13,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from docsort.ensemble.calibration import ece
+from docsort.ensemble.calibration import confidence_bins, ece
 
-
-def confidence_bins(
-    probs: np.ndarray, targets: np.ndarray, n_bins: int = 15
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per equal-width confidence bin: ``(count, accuracy, mean confidence)``.
-
-    Binned exactly as :func:`docsort.ensemble.calibration.ece` bins (a
-    confidence of exactly ``b / n_bins`` falls in bin ``b - 1``), so the bars
-    are the terms the ECE in the title sums; empty bins have NaN accuracy.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    targets = np.asarray(targets)
-    conf = probs.max(axis=1) if len(probs) else np.zeros(0)
-    correct = (probs.argmax(axis=1) == targets) if len(probs) else np.zeros(0, dtype=bool)
-    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
-    hits = np.bincount(bins, weights=correct.astype(np.float64), minlength=n_bins)
-    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        acc = np.where(count > 0, hits / np.maximum(count, 1), np.nan)
-        mean_conf = np.where(count > 0, conf_sum / np.maximum(count, 1), np.nan)
-    return count, acc, mean_conf
+__all__ = ["confidence_bins", "reliability_png"]
 
 
 def reliability_png(probs: np.ndarray, targets: np.ndarray, n_bins: int = 15) -> bytes:
