@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TypeVar
 
+from docsort.core.errors import safe_text
+
 T = TypeVar("T")
 
 #: How often a non-terminal progress display prints its plain line.
@@ -198,8 +200,6 @@ class LogStream:
         self._partial = threading.local()
 
     def write(self, text: str) -> int:
-        from docsort.core.errors import safe_text
-
         shown = safe_text(text, keep_color=True)  # a task's output may carry a URL's password
         with self._lock:
             if self.log is not None:

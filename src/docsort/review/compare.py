@@ -30,7 +30,7 @@ import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
@@ -92,6 +92,8 @@ class Comparison:
     policy: str
     prior: str = ""
     choice: Choice | None = None
+    #: Each candidate's folder as the comparison read it (winner.json's ``candidates``).
+    folders: dict[str, str] = field(default_factory=dict)
 
     @property
     def decided_by(self) -> str:
@@ -494,4 +496,5 @@ def load_comparison(folder: str | os.PathLike) -> Comparison:
     per_image["scored"] = per_image["scored"].astype(str).str.lower() == "true"
     return Comparison(candidates=names, per_image=per_image, per_candidate=per_candidate, pairwise=pairwise,
                       winner=record["winner"], policy=record["policy"], prior=record.get("prior", ""),
-                      choice=choice_from_record(record["winner"], record))  # fmt: skip
+                      choice=choice_from_record(record["winner"], record),
+                      folders={str(k): str(v) for k, v in (record.get("candidates") or {}).items()})  # fmt: skip

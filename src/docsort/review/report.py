@@ -24,7 +24,7 @@ from docsort.data.prepared import Prepared
 from docsort.ensemble import combiners as ens
 from docsort.ensemble import members as mem
 from docsort.ensemble.tta_ablation import Ablation, load_ablation, member_views, pooled_ablation
-from docsort.review.compare import load_comparison
+from docsort.review.compare import Comparison, load_comparison
 from docsort.review.hardcases import Verdicts, current_hardcases
 
 if TYPE_CHECKING:
@@ -149,21 +149,16 @@ def any_image_loader(prep: Prepared, test_ids: Sequence[str]):
     return lambda image_id: (test if image_id in tests else train)(image_id)
 
 
-def _comparison_candidates(comparison: Path) -> tuple[dict[str, Path], list[str]]:
-    """The compared candidates' folders (winner.json), and a line per one that cannot be read."""
-    with contextlib.suppress(OSError, ValueError):
-        record = json.loads((comparison / "winner.json").read_text())
-        listed = record.get("candidates") if isinstance(record, dict) else None
-        if isinstance(listed, dict):
-            found, missing = {}, []
-            for name, folder in listed.items():
-                path = Path(str(folder))
-                if (path / "probs.csv").is_file():
-                    found[str(name)] = path
-                else:
-                    missing.append(f"{name} ({folder}: no probs.csv)")
-            return found, missing
-    return {}, ["winner.json lists no candidate folders"]
+def _comparison_candidates(cmp: Comparison) -> tuple[dict[str, Path], list[str]]:
+    """The compared candidates' folders, and a line per one that cannot be read."""
+    found, missing = {}, []
+    for name, folder in cmp.folders.items():
+        path = Path(folder)
+        if (path / "probs.csv").is_file():
+            found[name] = path
+        else:
+            missing.append(f"{name} ({folder}: no probs.csv)")
+    return found, missing or ([] if found else ["winner.json lists no candidate folders"])
 
 
 def _predictions(folder: Path, ids: Sequence[str], test_ids: set[str], k: int) -> np.ndarray:
@@ -190,7 +185,7 @@ def _review_rows(
     prep: Prepared,
     cand: Path,
     name: str,
-    comparison: Path | None,
+    cmp: Comparison | None,
     verdicts: Callable[[], Verdicts],
 ) -> tuple[PerImage | None, PerImage | None]:
     """The hard-case view (every verdict) and, with a comparison, the test images the candidates disagree on."""
@@ -200,7 +195,7 @@ def _review_rows(
     test_ids = prep.test_ids
     tests = set(test_ids)
     loader = any_image_loader(prep, test_ids)
-    found, missing = _comparison_candidates(comparison) if comparison is not None else ({}, [])
+    found, missing = _comparison_candidates(cmp) if cmp is not None else ({}, [])
     folders = found if found else {name: cand}
     try:
         current = verdicts()
@@ -224,7 +219,7 @@ def _review_rows(
             note=current.describe()
             + ". Predictions: probs.csv for test images, OOF for training images.",
         )
-    if comparison is None:
+    if cmp is None:
         return hard, None
     truth = np.full(len(test_ids), -1, dtype=np.int64)
     position = {i: n for n, i in enumerate(test_ids)}
@@ -257,11 +252,7 @@ def _review_rows(
         except DocsortError as err:
             missing.append(f"{c} ({err})")
     note = f"The compared candidates' predictions on the test images (probs.csv); {known}."
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        record = json.loads((comparison / "winner.json").read_text())
-        if record.get("winner"):
-            how = record.get("decided_by")
-            note += f" Winner: {record['winner']}" + (f" (decided by {how})." if how else ".")
+    note += f" Winner: {cmp.winner} (decided by {cmp.decided_by})."
     if missing:
         note += " Not read: " + "; ".join(missing) + "."
     dis = PerImage(
@@ -376,9 +367,7 @@ def error_report(
     note = " ".join(
         [f"Computed on {_SET_TEXT[kind]}.", *(f"{line[0].upper()}{line[1:]}." for line in said)]
     )
-    hard, disagree = _review_rows(
-        prep, cand, name, Path(comparison) if comparison else None, verdicts
-    )
+    hard, disagree = _review_rows(prep, cand, name, cmp, verdicts)
     write_report(html, class_names=prep.class_names, ids=ids, targets=targets, probs=probs, image_loader=image_loader(prep, split),
                  comparison=cmp, ablation=abl, title=title, note=note, tables=tables, max_gallery=max_gallery,
                  hardcases=hard, disagreements=disagree)  # fmt: skip
