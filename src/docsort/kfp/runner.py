@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sys
+import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -276,8 +277,6 @@ class TaskLines:
     _CACHED = re.compile(r"Task '?(?P<name>[\w-]+)'? cache hit")
 
     def __init__(self) -> None:
-        import time
-
         self.clock = time.monotonic
         self.started: dict[str, list[float]] = collections.defaultdict(list)
         self.done = self.cached = 0
