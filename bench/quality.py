@@ -184,6 +184,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-epochs", type=int, default=60)
     ap.add_argument("--probe-seconds", type=float, default=15.0)
     ap.add_argument(
+        "--no-anchor",
+        action="store_true",
+        help="skip the plain-loop anchor (bench/anchor.py) that every run otherwise measures beside docsort",
+    )
+    ap.add_argument(
         "--work",
         default=None,
         help="keep prepared data and members here (default: a temporary folder)",
@@ -206,6 +211,18 @@ def main(argv: list[str] | None = None) -> dict:
             else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="docsort-quality-")))
         )
         result = run(args, work, t_start, budget)
+    if not args.no_anchor:  # the same data, machine and budget, after docsort's run
+        try:
+            from bench.anchor import run_anchor
+        except ImportError:  # run as `python bench/quality.py`: bench/ is on sys.path
+            from anchor import run_anchor
+
+        log(f"anchor: the plain loop on the same data, {args.minutes:g} min budget")
+        anchor = run_anchor(args.data, budget)
+        result.update(anchor)
+        if anchor.get("anchor_macro_f1") is not None:
+            result["vs_anchor"] = result["macro_f1"] - anchor["anchor_macro_f1"]
+        print_anchor(result)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2))
@@ -385,6 +402,15 @@ def print_table(r: dict) -> None:
     print(f"wall {r['wall_s'] / 60:.1f} min (prepare {r['prepare_s']:.0f} s); training {r['train_images_per_s']:.1f} img/s; "
           f"TTA predict {r['predict_images_per_s']:.1f} img/s ({len(r['tta_views'])} views); {p['precision']} on {p['device']}, "
           f"{r['machine']['cores']} cores ({r['machine']['cpu']})")  # fmt: skip
+
+
+def print_anchor(r: dict) -> None:
+    """docsort's final score beside the plain loop's, measured in the same run."""
+    if r.get("anchor_macro_f1") is None:
+        print(f"anchor: not measured ({r.get('skipped', 'no test labels')})")
+        return
+    print(f"anchor (plain loop, 224 px, {r['anchor_epochs']} epochs, all pages, 8-view TTA): macro F1 "
+          f"{r['anchor_macro_f1']:.4f} in {r['anchor_wall_s'] / 60:.1f} min; docsort - anchor = {r['vs_anchor']:+.4f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ def test_quality_bench_runs_end_to_end_on_tiny_data(sample_root, tmp_path, capsy
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "q.json"
     result = main([str(sample_root), "--minutes", "1.5", "--recipe", "demo", "--json", str(out), "--members", "2",
-                   "--min-epochs", "1", "--max-epochs", "2", "--probe-seconds", "1", "--work", str(tmp_path / "w"), *TINY])  # fmt: skip
+                   "--min-epochs", "1", "--max-epochs", "2", "--probe-seconds", "1", "--work", str(tmp_path / "w"), "--no-anchor", *TINY])  # fmt: skip
+    assert "anchor_macro_f1" not in result and "vs_anchor" not in result
     saved = json.loads(out.read_text())
     for key in ("macro_f1", "single_macro_f1", "tta_macro_f1", "ensemble_macro_f1", "wall_s"):
         assert 0 <= saved[key] <= (1 if key != "wall_s" else 1e6)

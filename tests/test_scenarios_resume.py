@@ -139,6 +139,9 @@ def test_identity_is_every_key_but_speed_logging_and_prepare_keys():
         "train.channels_last", "tta.batch_size", "tta.workers", "tta.shard_size",
         "tracking.wandb", "tracking.project", "tracking.group", "data.num_folds", "data.group_column",
         "data.max_pixels", "data.exclude_label_errors", "data.correct_label_errors",
+        # the orientation stage and predict --orientation record these in their own run.json
+        *(f"orientation.{k}" for k in ("model", "image_size", "epochs", "batch_size", "lr",
+                                      "weight_decay", "holdout_fold", "tta")),
     }  # fmt: skip
     assert {"fold", "seed", "train.lr", "model.name", "train.epochs"} <= set(identity_keys())
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from docsort.cli import cluster, config, data, evaluate, export, review
+from docsort.cli import cluster, config, data, evaluate, export, orientation, review
 from docsort.cli.args import (
     Parser,
     add_command,
@@ -86,6 +86,8 @@ def _register_stages(sub: argparse._SubParsersAction) -> None:
                    help="with runtime=onnx: a file written by `docsort export` (default: MODEL/model.onnx when there)")  # fmt: skip
     p.add_argument("--split", choices=("test", "train"), default="test",
                    help="images to predict (default: test)")  # fmt: skip
+    p.add_argument("--orientation", default=None, metavar="DIR",
+                   help="turn each page upright first with this `docsort orientation` model")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     p.set_defaults(func=_predict)
 
@@ -156,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND",
                             help="run `docsort COMMAND --help` for its arguments")  # fmt: skip
     _register_stages(sub)
-    for module in (review, export, cluster, data, config, evaluate):
+    for module in (review, export, cluster, data, config, evaluate, orientation):
         module.register(sub)
     return ap
 
@@ -206,11 +208,12 @@ def _predict(args: argparse.Namespace) -> int:
     exists(args.prepared, "prepared folder")
     exists(args.model, "model folder")
     exists(args.onnx, "ONNX file")
+    exists(args.orientation, "orientation model folder")
     resolve_out(args)
     from docsort.predict.predict import predict
 
     out = predict(args.prepared, args.model, args.out, args.overrides, split=args.split,
-                  overwrite=args.overwrite, onnx=args.onnx)  # fmt: skip
+                  overwrite=args.overwrite, onnx=args.onnx, orientation=args.orientation)  # fmt: skip
     print(f"predictions written to {out}")
     return 0
 

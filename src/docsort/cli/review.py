@@ -218,8 +218,44 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="hardcases.csv whose rows are left out (default: the data root's current file)",
     )
+    c.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        metavar="M",
+        help="margin (-1..1) from which an OOF error is suggested as a label_error (default 0.5)",
+    )
+    c.add_argument(
+        "--ranking",
+        default=None,
+        metavar="FILE",
+        help="also write every training image's label-error score, most likely first, to this CSV",
+    )
     c.add_argument("--out", required=True, help="proposals CSV to write")
     c.set_defaults(func=_mine)
+    c = hs.add_parser(
+        "accept",
+        help="Add the top proposals of `hardcases mine` of one suggested kind to hardcases.csv.",
+        description="Add the first N proposals (file order, best first) whose suggested_kind is KIND, "
+        "with their suggested targets; delete the rows you reject from the proposals CSV first.",
+    )
+    c.add_argument("proposals", help="proposals CSV written by `docsort hardcases mine`")
+    c.add_argument("--file", required=True, help="the dataset's hardcases.csv")
+    c.add_argument(
+        "--data",
+        default=None,
+        help="dataset root with meta.csv/train.csv/sample_submission.csv (default: the file's folder)",
+    )
+    c.add_argument(
+        "--kind",
+        choices=HARDCASE_KINDS,
+        default="label_error",
+        help="the suggested kind to accept (default: label_error)",
+    )
+    c.add_argument(
+        "--top", type=int, default=None, help="accept at most N (default: all of that kind)"
+    )
+    c.set_defaults(func=_accept)
     for name, helptext in (
         ("add", "Add an image to hardcases.csv with its true label."),
         ("mark", "Record a verdict on a row of hardcases.csv."),
@@ -379,6 +415,7 @@ def _at_least_one(option: str, value: int) -> None:
 
 
 def _mine(args: argparse.Namespace) -> int:
+    from docsort.core.errors import DocsortError
     from docsort.core.outputs import check_file, check_outputs
     from docsort.core.tables import text_table
     from docsort.review.hardcases import mine, write_proposals
@@ -387,19 +424,55 @@ def _mine(args: argparse.Namespace) -> int:
     exist(args.candidates, "candidate folder")
     exist(args.model, "model folder")
     exists(args.prepared, "prepared folder")
-    check_outputs([args.out], [args.prepared, *args.candidates, *args.model, args.file])
-    check_file(args.out)
-    df = mine(args.prepared, args.candidates, models=args.model, top=args.top, existing=args.file)
+    outs = [args.out, *([args.ranking] if args.ranking else [])]
+    check_outputs(outs, [args.prepared, *args.candidates, *args.model, args.file])
+    for out in outs:
+        check_file(out)
+    if args.ranking and Path(args.ranking).resolve() == Path(args.out).resolve():
+        raise DocsortError("--ranking and --out name the same file")
+    margin = {} if args.min_score is None else {"min_score": args.min_score}
+    df = mine(args.prepared, args.candidates, models=args.model, top=args.top,
+              existing=args.file, ranking=args.ranking, **margin)  # fmt: skip
     write_proposals(df, args.out)
     rows = [
-        [r.ID, r.source, r.suggested_kind, r.suggested_class, f"{r.confidence:.2f}", r.reason]
+        [r.ID, r.source, r.suggested_kind, r.suggested_class, f"{r.score:+.2f}", r.reason]
         for r in df.itertuples()
     ]
-    print(text_table(["ID", "source", "kind?", "class?", "conf", "reason"], rows))
+    print(text_table(["ID", "source", "kind?", "class?", "score", "reason"], rows))
     print(f"\n{len(df)} proposals written to {args.out}")
+    if args.ranking:
+        print(f"label-error ranking of every training image written to {args.ranking}")
     print(
         "record a verdict: docsort hardcases add ID --target T --kind hard|model_error|label_error|ambiguous --note ... --file DATA/hardcases.csv"
     )
+    n = int((df["suggested_kind"] == "label_error").sum())
+    if n:
+        print(
+            f"or, after deleting the rows you reject: docsort hardcases accept {args.out} --kind label_error "
+            f"--file DATA/hardcases.csv  ({n} suggested), then prepare with data.exclude_label_errors=true"
+        )
+    return 0
+
+
+def _accept(args: argparse.Namespace) -> int:
+    from docsort.review.hardcases import accept
+
+    if args.top is not None:
+        _at_least_one("--top", args.top)
+    exists(args.proposals, "proposals file")
+    added, skipped = accept(args.file, args.proposals, kind=args.kind, top=args.top, data=args.data)
+    for row in added:
+        print(f"added {row['ID']} target={row['target']} kind={row['kind']}")
+    if skipped:
+        print(f"left {len(skipped)} already in {args.file} as they are: {', '.join(skipped)}")
+    print(
+        f"{len(added)} proposal{'s' if len(added) != 1 else ''} of kind {args.kind} added to {args.file}"
+    )
+    if added and args.kind == "label_error":
+        print(
+            "training uses them only with data.exclude_label_errors=true or data.correct_label_errors=true (then prepare again)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -343,6 +343,17 @@ class TTAConfig(_Section):
     shard_size: Annotated[Int(ge=1), NOT_IDENTITY]
 
 
+class OrientationConfig(_Section):
+    model: Annotated[str, PlainValidator(_model_name)]
+    image_size: Int(ge=32)
+    epochs: Int(ge=1)
+    batch_size: Int(ge=1)
+    lr: Num(gt=0)
+    weight_decay: Num(ge=0)
+    holdout_fold: Nullable(_ranged(int, "an integer", ge=0))
+    tta: Bool
+
+
 class TrackingConfig(_Section):
     wandb: Annotated[Choice("auto", "offline", "online", "disabled"), NOT_IDENTITY]
     project: Annotated[Text, NOT_IDENTITY]
@@ -364,6 +375,8 @@ class Config(_Section):
     model: ModelConfig
     train: TrainConfig
     aug: AugConfig
+    # `docsort orientation` and `predict --orientation` record these in their own run.json
+    orientation: Annotated[OrientationConfig, NOT_IDENTITY]
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> "Config":

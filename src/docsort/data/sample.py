@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from docsort.core.atomic import atomic_path
+from docsort.core.choices import VIEW_NAMES
 from docsort.core.errors import DocsortError
 from docsort.core.outputs import stage
 
@@ -1052,13 +1053,25 @@ def _degrade(img: np.ndarray, rng: np.random.Generator, s: float) -> np.ndarray:
     return img
 
 
-def _orient(img: np.ndarray, rng: np.random.Generator, p_rot: float, p_flip: float) -> np.ndarray:
-    """Rotate by a random multiple of 90 degrees (with prob ``p_rot``) and maybe flip."""
+def _orient(
+    img: np.ndarray, rng: np.random.Generator, p_rot: float, p_flip: float
+) -> tuple[np.ndarray, str]:
+    """Rotate by a random multiple of 90 degrees (with prob ``p_rot``) and maybe flip.
+
+    Also returns the view given, named as ``core.choices.VIEW_NAMES`` (the image is
+    ``models.tta.VIEWS[view]`` of the upright one), for scoring orientation models.
+    """
+    k = 0
     if rng.random() < p_rot:
-        img = np.rot90(img, k=_ri(rng, 1, 3))
+        k = _ri(rng, 1, 3)
+        img = np.rot90(img, k=k)
+    view = VIEW_NAMES[k]
     if rng.random() < p_flip:
-        img = img[:, ::-1] if rng.random() < 0.5 else img[::-1]
-    return np.ascontiguousarray(img)
+        if rng.random() < 0.5:  # left-right after rot k == rot(-k) of the left-right flip
+            img, view = img[:, ::-1], VIEW_NAMES[4 + (-k) % 4]
+        else:  # up-down == rot180 of left-right, so rot(2-k) of the left-right flip
+            img, view = img[::-1], VIEW_NAMES[4 + (2 - k) % 4]
+    return np.ascontiguousarray(img), view
 
 
 # --------------------------------------------------------------------------- dataset
@@ -1073,17 +1086,21 @@ class _Job:
     hard: bool
 
 
-def _render(job: _Job, seed: int, max_side: int, folder: Path) -> None:
+def _draw(job: _Job, seed: int, max_side: int) -> tuple[np.ndarray, str]:
+    """One image as written (before JPEG encoding) and the view it was given."""
     split_code = 0 if job.split == "train" else 1
     rng = np.random.default_rng([seed, split_code, job.target, job.index])
     side = int(max_side * rng.uniform(0.7, 1.0))
     img = _LAYOUTS[job.target](_Ctx(rng, side, job.hard))
     if job.split == "test":
         img = _degrade(img, rng, 1.0 if not job.hard else 1.2)
-        img = _orient(img, rng, p_rot=0.75, p_flip=0.25)
-    else:
-        img = _degrade(img, rng, 0.35)
-        img = _orient(img, rng, p_rot=0.05, p_flip=0.0)
+        return _orient(img, rng, p_rot=0.75, p_flip=0.25)
+    img = _degrade(img, rng, 0.35)
+    return _orient(img, rng, p_rot=0.05, p_flip=0.0)
+
+
+def _render(job: _Job, seed: int, max_side: int, folder: Path) -> None:
+    img, _ = _draw(job, seed, max_side)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:  # pragma: no cover - cv2 always encodes a valid uint8 image
         raise DocsortError(f"could not encode {job.image_id}", file=job.split)
@@ -1112,6 +1129,52 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
+
+
+def _jobs(per_class: int, test_per_class: int, seed: int) -> tuple[list[_Job], list[_Job]]:
+    """Every image to draw (train, then test) and the test images in their shuffled order."""
+    rng = np.random.default_rng([seed, 7919])
+    counts = _class_counts(per_class, rng)
+    n_hard = min(2, max(1, test_per_class // 4))
+    taken: set[str] = set()
+    jobs: list[_Job] = []
+    for t, n in enumerate(counts):
+        hard_train = (
+            set(rng.choice(n, size=int(n * 0.08), replace=False).tolist())
+            if t in _HARD_NOTES
+            else set()
+        )
+        for i, image_id in enumerate(_new_ids(rng, n, taken)):
+            jobs.append(_Job("train", t, i, image_id, i in hard_train))
+    for t in range(len(CLASS_NAMES)):
+        for i, image_id in enumerate(_new_ids(rng, test_per_class, taken)):
+            jobs.append(_Job("test", t, i, image_id, t in _HARD_NOTES and i < n_hard))
+    test_jobs = [j for j in jobs if j.split == "test"]
+    test_order = [test_jobs[i] for i in rng.permutation(len(test_jobs))]
+    return jobs, test_order
+
+
+def sample_views(
+    per_class: int = 40,
+    test_per_class: int | None = None,
+    seed: int = 0,
+    max_side: int = 320,
+    split: str = "test",
+) -> dict[str, str]:
+    """Image ID -> the view (``core.choices.VIEW_NAMES``) each image of ``split`` was given by
+    :func:`generate_sample_data` with the same arguments.
+
+    Why: scoring an orientation model needs the truth, and the dataset's files are
+    kept as they are; the images are drawn again (nothing is written), which costs
+    about as much as generating that split.
+    """
+    if test_per_class is None:
+        test_per_class = max(2, per_class // 4)
+    jobs = [j for j in _jobs(per_class, test_per_class, seed)[0] if j.split == split]
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        views = list(pool.map(lambda j: _draw(j, seed, max_side)[1], jobs))
+    return {j.image_id: v for j, v in zip(jobs, views, strict=True)}
 
 
 @stage("sample-data", folder="out")
@@ -1144,24 +1207,7 @@ def generate_sample_data(
             "output exists and is not an empty folder; choose a new path", file=str(out)
         )
 
-    rng = np.random.default_rng([seed, 7919])
-    counts = _class_counts(per_class, rng)
-    n_hard = min(2, max(1, test_per_class // 4))
-    taken: set[str] = set()
-    jobs: list[_Job] = []
-    for t, n in enumerate(counts):
-        hard_train = (
-            set(rng.choice(n, size=int(n * 0.08), replace=False).tolist())
-            if t in _HARD_NOTES
-            else set()
-        )
-        for i, image_id in enumerate(_new_ids(rng, n, taken)):
-            jobs.append(_Job("train", t, i, image_id, i in hard_train))
-    for t in range(len(CLASS_NAMES)):
-        for i, image_id in enumerate(_new_ids(rng, test_per_class, taken)):
-            jobs.append(_Job("test", t, i, image_id, t in _HARD_NOTES and i < n_hard))
-    test_jobs = [j for j in jobs if j.split == "test"]
-    test_order = [test_jobs[i] for i in rng.permutation(len(test_jobs))]
+    jobs, test_order = _jobs(per_class, test_per_class, seed)
 
     with atomic_path(out, is_dir=True) as tmp:
         (tmp / "train").mkdir()

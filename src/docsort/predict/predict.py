@@ -290,7 +290,7 @@ def predict_settings(
 # --- the stage -------------------------------------------------------------------------------
 
 
-@stage("predict", inputs=("prepared", "model", "onnx"), folder="out")
+@stage("predict", inputs=("prepared", "model", "onnx", "orientation"), folder="out")
 def predict(
     prepared: str | os.PathLike,
     model: str | os.PathLike,
@@ -301,6 +301,7 @@ def predict(
     on_shard: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
     onnx: str | os.PathLike | None = None,
+    orientation: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``probs.csv`` (merged over ``tta.views``), ``views.npz`` (logits per view) and ``predict.json`` into ``out``.
 
@@ -311,7 +312,9 @@ def predict(
     ``runtime=onnx`` runs onnxruntime instead of torch, on ``onnx`` (a file
     written by ``docsort export``) or the model folder's ``model.onnx`` when
     there, else a fresh export. ``on_shard(done, total)`` is called after each
-    committed shard.
+    committed shard. ``orientation`` (a folder written by ``docsort orientation``)
+    turns each page upright before the TTA views; the view it found per image
+    goes to ``orientation.csv``.
 
     ``out`` records the run's identity (``run.json``: weights, images, views,
     merge, runtime, precision): a re-run continues the same work, does nothing
@@ -330,9 +333,9 @@ def predict(
                 file=str(onnx),
             )
         return _predict_bundle(src, Path(model), folders, Path(out), cfg, split=split,
-                               on_shard=on_shard, overwrite=overwrite)  # fmt: skip
+                               on_shard=on_shard, overwrite=overwrite, orientation=orientation)  # fmt: skip
     return _predict_folder(src, folders[0], Path(out), cfg, split=split, on_shard=on_shard,
-                           overwrite=overwrite, onnx=onnx)  # fmt: skip
+                           overwrite=overwrite, onnx=onnx, orientation=orientation)  # fmt: skip
 
 
 def _predict_folder(
@@ -346,11 +349,13 @@ def _predict_folder(
     overwrite: bool,
     onnx: str | os.PathLike | None,
     label: str | None = None,
+    orientation: str | os.PathLike | None = None,
 ) -> Path:
     """:func:`predict` for one model folder; ``label`` names it in the progress display."""
     member = load_member(model)
     ids, source, images_key = open_images(src, split, member, int(cfg.data.max_pixels))
     device = resolve_device(str(cfg.device))
+    orienter = _orienter(orientation, cfg, device)
     onnx_file, onnx_meta = None, {}
     if str(cfg.get("runtime", "torch")) == "onnx":
         from docsort.models.onnx_runtime import exported_onnx
@@ -361,7 +366,7 @@ def _predict_folder(
     threads = set_threads(cfg.threads)
     ident = {"model weights": weights_digest(model)[:16], "images": f"{images_key[:24]} ({len(ids)})",
              "tta.views": f"[{','.join(s['views'])}]", "tta.merge": s["merge"], "runtime": s["runtime"],
-             "precision": str(cfg.precision)}  # fmt: skip
+             "precision": str(cfg.precision), "orientation": _orientation_key(orienter)}  # fmt: skip
     record = identity.claim(out, "predict", ident, verb="predicted", outputs=PREDICT_OUTPUTS,
                             overwrite=overwrite,
                             settings={"shard_size": s["shard_size"], "precision": s["precision"]},
@@ -397,6 +402,10 @@ def _predict_folder(
                             precision=s["precision"], onnx=onnx_file)  # fmt: skip
     else:
         runner = TorchTTA(member.model, device, s["precision"])
+    if orienter is not None:
+        from docsort.models.orientation import UprightRunner
+
+        runner = UprightRunner(runner, orienter)
 
     n, shard = len(ids), s["shard_size"]
     shards = [(a, min(a + shard, n)) for a in range(0, n, shard)]
@@ -415,11 +424,14 @@ def _predict_folder(
     computed = sum(shards[k][1] - shards[k][0] for k in pending)
 
     _write_outputs(out, work, ids, shards, s["views"], s["merge"], member.class_names)
+    extra = {}
+    if orienter is not None:
+        extra["orientation"] = _write_orientation(out, work, ids, shards, orienter)
     info = {
         "model": str(model), "images": n, "split": split, "source": type(source).__name__, **s,
         "threads": threads, "engine": runner.describe(), "shards": len(shards), "resumed_shards": resumed,
         "seconds": round(seconds, 3), "images_per_s": round(computed / seconds, 2) if computed and seconds else None,
-        "key": key,
+        "key": key, **extra,
     }  # fmt: skip
     write_text_atomic(done_info, json.dumps(info, indent=2))
     shutil.rmtree(work, ignore_errors=True)
@@ -437,6 +449,7 @@ def _predict_bundle(
     split: str,
     on_shard: Callable[[int, int], None] | None,
     overwrite: bool,
+    orientation: str | os.PathLike | None = None,
 ) -> Path:
     """:func:`predict` for a fold bundle: each fold into ``out/fold*/``, ``probs.csv`` their mean.
 
@@ -451,7 +464,8 @@ def _predict_bundle(
     views = check_views(list(cfg.tta.views))
     ident = {"model weights": digests[:16], "images": images_key[:24],
              "tta.views": f"[{','.join(views)}]", "tta.merge": str(cfg.tta.merge),
-             "runtime": str(cfg.get("runtime", "torch")), "precision": str(cfg.precision)}  # fmt: skip
+             "runtime": str(cfg.get("runtime", "torch")), "precision": str(cfg.precision),
+             "orientation": _orientation_key(_orienter(orientation, cfg, torch.device("cpu")))}  # fmt: skip
     record = identity.claim(out, "predict", ident, verb="predicted", outputs=BUNDLE_OUTPUTS,
                             overwrite=overwrite,
                             shown={"model weights": f"{ident['model weights']} ({model})"})  # fmt: skip
@@ -462,7 +476,8 @@ def _predict_bundle(
     tables = []
     for f in folders:
         fold_out = _predict_folder(src, f, out / f.name, cfg, split=split, on_shard=on_shard,
-                                   overwrite=False, onnx=None, label=f"{model.name}/{f.name}")  # fmt: skip
+                                   overwrite=False, onnx=None, label=f"{model.name}/{f.name}",
+                                   orientation=orientation)  # fmt: skip
         tables.append(read_probs(fold_out / "probs.csv"))
     ids = tables[0][0]
     if any(t[0] != ids for t in tables):
@@ -474,15 +489,56 @@ def _predict_bundle(
             "merge": str(cfg.tta.merge), "images": len(ids), "split": split,
             "runtime": folds[0]["runtime"], "precision": folds[0]["precision"],
             "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    if "orientation" in folds[0]:
+        info["orientation"] = folds[0]["orientation"]
+        shutil.copyfile(out / folders[0].name / "orientation.csv", out / "orientation.csv")
     write_text_atomic(out / "predict.json", json.dumps(info, indent=2))
     identity.complete(out)
     return out
 
 
 #: What ``predict`` writes in its output folder: all that ``--overwrite`` removes.
-PREDICT_OUTPUTS = ("probs.csv", "views.npz", "predict.json", "partial")
+PREDICT_OUTPUTS = ("probs.csv", "views.npz", "predict.json", "partial", "orientation.csv")
 #: What ``predict`` writes for a fold bundle.
-BUNDLE_OUTPUTS = ("probs.csv", "predict.json", "fold*")
+BUNDLE_OUTPUTS = ("probs.csv", "predict.json", "fold*", "orientation.csv")
+
+
+def _orienter(orientation: str | os.PathLike | None, cfg: DictConfig, device: torch.device):
+    """The orientation model of ``--orientation`` (None when not given), checked before any work."""
+    if orientation is None:
+        return None
+    from docsort.models.orientation import load_orientation
+
+    precision = resolve_precision("fp32" if cfg.precision == "fp16" else str(cfg.precision), device)
+    return load_orientation(orientation, device, precision, tta=bool(cfg.orientation.tta))
+
+
+def _orientation_key(orienter) -> str:
+    """The orientation step in a run's identity: its weights (and voting), or none."""
+    if orienter is None:
+        return "none"
+    return orienter.digest[:16] + (" tta" if orienter.tta else "")
+
+
+def _write_orientation(out: Path, work: Path, ids: Sequence[str], shards, orienter) -> dict:
+    """``orientation.csv`` (ID, the view each page was found in) from the shards; returns a summary."""
+    import csv
+
+    from docsort.core.choices import VIEW_NAMES
+
+    found = np.concatenate(
+        [np.load(_shard_path(work, k).with_suffix(".views.npy")) for k in range(len(shards))]
+    )
+    with (
+        atomic_path(out / "orientation.csv") as tmp,
+        open(tmp, "w", newline="", encoding="utf-8") as f,
+    ):
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["ID", "view"])
+        w.writerows([i, VIEW_NAMES[int(v)]] for i, v in zip(ids, found, strict=True))
+    counts = np.bincount(found.astype(np.int64), minlength=len(VIEW_NAMES))
+    return {**orienter.describe(), "file": "orientation.csv",
+            "found": {n: int(c) for n, c in zip(VIEW_NAMES, counts, strict=True) if c}}  # fmt: skip
 
 
 def _shard_path(work: Path, k: int) -> Path:
@@ -509,6 +565,8 @@ def _run_shards(
                 parts.append(runner(x, s["views"]))
                 row += x.shape[0]
                 bar.update(1)
+            if hasattr(runner, "commit"):  # the views the orientation step found, before the shard
+                runner.commit(_shard_path(work, k).with_suffix(".views.npy"))
             with atomic_path(_shard_path(work, k)) as tmp, open(tmp, "wb") as f:
                 np.save(f, np.concatenate(parts, axis=1))  # (V, rows, K) float32 logits
             done, rows_done = done + 1, rows_done + b - a

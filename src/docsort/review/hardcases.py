@@ -24,7 +24,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,7 @@ import pandas as pd
 from docsort.core import storage
 from docsort.core.atomic import atomic_path
 from docsort.core.choices import HARDCASE_KINDS
-from docsort.core.csv_tables import read_csv
+from docsort.core.csv_tables import read_csv, read_table
 from docsort.core.errors import DocsortError
 from docsort.core.probs import align, read_probs
 from docsort.data.contract import Meta, parse_ids, read_hardcases, read_labelled, read_meta
@@ -42,9 +42,10 @@ from docsort.data.prepared import Prepared
 
 COLUMNS = ["ID", "target", "note", "kind"]
 HISTORY = "hardcases.history.jsonl"
-# An OOF error is proposed as a label error when every source predicts the same
-# other class at least this confidently: a model rarely disagrees that hard with a right label.
-LABEL_ERROR_CONFIDENCE = 0.8
+# An OOF error is proposed as a label error when the sources' mean probability of another
+# class beats the label's by at least this much (and clears that class's own confidence, see
+# rank_label_errors): a model rarely disagrees that hard with a right label.
+LABEL_ERROR_MARGIN = 0.5
 
 
 # ---------------------------------------------------------------- the current file
@@ -277,6 +278,149 @@ def mark(
     return after
 
 
+def accept(
+    file: str | os.PathLike,
+    proposals: str | os.PathLike,
+    *,
+    kind: str = "label_error",
+    top: int | None = None,
+    data: str | os.PathLike | None = None,
+) -> tuple[list[dict], list[str]]:
+    """Add the first ``top`` proposals of ``mine`` suggesting ``kind``, with their suggested targets.
+
+    For a person who has read the proposals CSV (and deleted the rows they
+    reject): one command instead of an ``add`` per row. Proposals are taken in
+    the file's order (``mine`` writes them best first); an image already in
+    hardcases.csv is left as it is and reported. The file is rewritten once,
+    and every added row is logged. Returns the rows added and the IDs skipped.
+    """
+    if kind not in HARDCASE_KINDS:
+        raise DocsortError(f"kind {kind!r} is not one of {', '.join(HARDCASE_KINDS)}")
+    path = Path(file)
+    ds = Dataset.read(data or path.parent)
+    if not Path(proposals).is_file():
+        raise DocsortError("proposals file not found", file=str(proposals))
+    table = read_table(
+        proposals,
+        text=("split", "source", "reason", "label", "suggested_class", "suggested_kind"),
+        required=("suggested_target", "suggested_kind"),
+    )
+    chosen = table[table["suggested_kind"].str.strip() == kind]
+    if top is not None:
+        chosen = chosen.head(top)
+    rows = _read_rows(path, ds.meta)
+    have = set(rows["ID"])
+    added, skipped = [], []
+    name = Path(str(proposals)).name
+    for r in chosen.itertuples(index=False):
+        image_id = str(r.ID).strip()
+        if image_id in have:
+            skipped.append(image_id)
+            continue
+        value = r.suggested_target
+        t = ds.target(int(value) if isinstance(value, float) and value.is_integer() else value)
+        _check(ds, image_id, t, kind)
+        score = float(getattr(r, "score", float("nan")))
+        note = f"accepted from {name}" + ("" if np.isnan(score) else f" (score {score:.2f})")
+        added.append({"ID": image_id, "target": t, "note": _clean_note(note), "kind": kind})
+        have.add(image_id)
+    if added:
+        _write_rows(path, pd.concat([rows, pd.DataFrame(added)], ignore_index=True), ds.meta)
+        for row in added:
+            _history(path, "accept", row["ID"], None, row)
+    return added, skipped
+
+
+# ---------------------------------------------------------------- label-error ranking
+
+
+def rank_label_errors(
+    tables: Sequence[tuple[Sequence[str], np.ndarray]],
+    labels: Mapping[str, int],
+    *,
+    skip: Collection[str] = (),
+    min_score: float = LABEL_ERROR_MARGIN,
+) -> pd.DataFrame:
+    """Every labelled training image, most likely mislabelled first.
+
+    ``tables`` are OOF probability tables ``(ids, N x K probs)``, one per
+    source (a member, a fold bundle, a candidate); ``labels`` the training
+    label of each ID. An ID may be missing from some tables (a single fold's
+    member): it is scored over the tables that hold it. The sources'
+    probabilities are averaged, and the ``score`` is the normalized margin of
+    that mean (confident learning's ranking, Northcutt et al. 2021):
+    ``p(other) - p(label)``, with *other* the most probable class besides the
+    label, from -1 (sure of the label) to 1 (sure of another class). Because
+    it is one margin of the mean, sources that agree on the same other class
+    raise it and a lone dissenting source only lowers the label's share.
+
+    ``threshold`` is confident learning's per-class threshold of the other
+    class (the mean probability its own labelled images get; for a class no
+    image is labelled with, the mean of the other classes' thresholds) and
+    ``confident`` says the image clears it. ``label_error`` (the suggestion)
+    needs both ``score >= min_score`` and ``confident``: a margin alone
+    would flag images of a class every model is unsure of. IDs in ``skip``
+    (already reviewed) are left out of the result, but still count towards
+    the thresholds.
+    """
+    if not tables:
+        raise DocsortError("no OOF probability table to rank label errors on")
+    k = int(np.asarray(tables[0][1]).shape[1])
+    pos: dict[str, int] = {}
+    for ids, _ in tables:
+        for i in ids:
+            if i in labels and i not in pos:
+                pos[i] = len(pos)
+    n = len(pos)
+    total = np.zeros((n, k))
+    votes = np.zeros((n, k), dtype=np.int64)
+    count = np.zeros(n, dtype=np.int64)
+    for ids, probs in tables:
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.ndim != 2 or probs.shape[1] != k or probs.shape[0] != len(ids):
+            raise DocsortError(
+                f"OOF tables disagree: {probs.shape} probabilities for {len(ids)} IDs, "
+                f"{k} classes expected"
+            )
+        rows = np.array([pos.get(i, -1) for i in ids], dtype=np.int64)
+        keep = rows >= 0
+        rows, probs = rows[keep], probs[keep]
+        if len(np.unique(rows)) != len(rows):
+            raise DocsortError("an OOF table lists an ID twice")
+        total[rows] += probs
+        votes[rows, probs.argmax(1)] += 1
+        count[rows] += 1
+    ids = list(pos)
+    y = np.array([int(labels[i]) for i in ids], dtype=np.int64)
+    if n and (y.min() < 0 or y.max() >= k):
+        raise DocsortError(f"a training label is outside 0..{k - 1}")
+    mean = total / np.maximum(count, 1)[:, None]
+    r = np.arange(n)
+    p_label = mean[r, y]
+    others = mean.copy()
+    others[r, y] = -np.inf
+    other = others.argmax(1)
+    p_other = mean[r, other]
+    # Confident learning's per-class threshold: the mean probability of class j over images labelled j.
+    per_class = np.bincount(y, weights=p_label, minlength=k)
+    labelled = np.bincount(y, minlength=k)
+    threshold = per_class / np.maximum(labelled, 1)
+    # A class nobody labelled has no threshold of its own: the mean of the others'.
+    threshold[labelled == 0] = threshold[labelled > 0].mean() if (labelled > 0).any() else 0.0
+    score = p_other - p_label
+    confident = p_other >= threshold[other]
+    df = pd.DataFrame({
+        "ID": ids, "label": y, "other": other, "score": score, "p_label": p_label, "p_other": p_other,
+        "threshold": threshold[other], "confident": confident, "sources": count,
+        "agree": votes[r, other], "wrong": count - votes[r, y],
+        "label_error": confident & (score >= min_score),
+    })  # fmt: skip
+    df = df[~df["ID"].isin(set(skip))]
+    return df.sort_values(["score", "ID"], ascending=[False, True], kind="stable").reset_index(
+        drop=True
+    )
+
+
 # ---------------------------------------------------------------- mining
 
 
@@ -291,20 +435,26 @@ def mine(
     models: Sequence[str | os.PathLike] = (),
     top: int = 20,
     existing: str | os.PathLike | None = None,
+    min_score: float = LABEL_ERROR_MARGIN,
+    ranking: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
-    """Proposals for review, best first within each source.
+    """Proposals for review, best first within each source; ``score`` says how strongly.
 
-    * ``oof_error``: training images the candidates' (``oof.csv``) or the
-      models' OOF predictions get wrong, most confident first; when every
-      source agrees on the same other class with confidence >= 0.8 the
-      suggested kind is ``label_error`` (with that class as the suggested
-      target), else ``hard`` (with the training label);
+    * ``oof_error``: training images at least one source's OOF prediction
+      (the candidates' and the models' ``oof.csv``) gets wrong, ranked by
+      :func:`rank_label_errors` (``score``: the sources' mean margin of the
+      other class over the label, -1..1); where the ranking flags a label
+      error (margin >= ``min_score`` and that class's confident-learning
+      threshold cleared) the suggested kind is ``label_error`` with the
+      other class as the suggested target, else ``hard`` with the training
+      label;
     * ``disagreement``: test images on which the candidates' top-1 classes differ;
     * ``low_confidence``: test images with the smallest top-1 probability of
       the candidates' mean.
 
     Images already in hardcases.csv (``existing``, default the data root's current file,
-    :func:`current_hardcases`) are left out.
+    :func:`current_hardcases`) are left out. ``ranking``: also write the whole
+    label-error ranking (every training image, :func:`oof_ranking`) there.
     """
     from docsort.ensemble.candidate import expand_candidates
 
@@ -316,40 +466,27 @@ def mine(
             "nothing to mine: give candidate folders and/or --model folders with oof.csv"
         )
     skip = set(current_hardcases(prep, existing).rows["ID"])
-    train_label = dict(zip(prep.index["ID"], prep.index["target"], strict=True))
     rows: list[dict] = []
 
-    # Training images the OOF predictions get wrong.
+    # Training images the OOF predictions get wrong, most likely label errors first.
     sources = [c / "oof.csv" for c in cands if (c / "oof.csv").is_file()] + [
         Path(m) / "oof.csv" for m in models
     ]
-    per_id: dict[str, list[tuple[int, float, float]]] = {}
-    for src in sources:
-        ids, probs, _ = read_probs(src)
-        for i, p in zip(ids, probs, strict=True):
-            if i in train_label:
-                per_id.setdefault(i, []).append(
-                    (int(p.argmax()), float(p.max()), float(p[train_label[i]]))
-                )
+    ranked = oof_ranking(prep, sources, skip=skip, min_score=min_score)
+    if ranking is not None:
+        write_proposals(ranked, ranking)
     oof_rows = []
-    for i, votes in per_id.items():
-        label = train_label[i]
-        wrong = [v for v in votes if v[0] != label]
-        if not wrong or i in skip:
-            continue
-        preds = {v[0] for v in wrong}
-        conf = float(np.mean([v[1] for v in wrong]))
-        consensus = len(wrong) == len(votes) and len(preds) == 1
-        label_error = consensus and min(v[1] for v in wrong) >= LABEL_ERROR_CONFIDENCE
-        pred = max(preds, key=lambda c: sum(v[0] == c for v in wrong))
-        reason = (f"OOF: {len(wrong)}/{len(votes)} predictions say {_top_names(names, pred)!s} (mean p={conf:.2f}), "
-                  f"train.csv says {_top_names(names, label)} (p={np.mean([v[2] for v in votes]):.2f})")  # fmt: skip
+    for r in ranked[ranked["wrong"] > 0].head(top).itertuples():
+        label, other = int(r.label), int(r.other)
+        reason = (f"OOF: {r.agree}/{r.sources} predictions say {_top_names(names, other)} (mean p={r.p_other:.2f}), "
+                  f"train.csv says {_top_names(names, label)} (p={r.p_label:.2f}); margin {r.score:+.2f}")  # fmt: skip
         oof_rows.append({
-            "ID": i, "split": "train", "source": "oof_error", "reason": reason, "label": names[label],
-            "suggested_target": pred if label_error else label, "suggested_kind": "label_error" if label_error else "hard",
-            "confidence": conf, "score": conf * len(wrong) / len(votes),
+            "ID": r.ID, "split": "train", "source": "oof_error", "reason": reason, "label": names[label],
+            "suggested_target": other if r.label_error else label,
+            "suggested_kind": "label_error" if r.label_error else "hard", "confidence": float(r.p_other),
+            "score": float(r.score),
         })  # fmt: skip
-    rows += sorted(oof_rows, key=lambda r: (-r["score"], r["ID"]))[:top]
+    rows += oof_rows
 
     # Test images: disagreement and low confidence between candidates.
     if cands:
@@ -412,7 +549,33 @@ def mine(
     ]
     df = pd.DataFrame(rows, columns=[*cols, "score"])
     df["suggested_class"] = [names[int(t)] for t in df["suggested_target"]]
-    return df[cols].reset_index(drop=True)
+    return df[[*cols, "score"]].reset_index(drop=True)
+
+
+def oof_ranking(
+    prepared: str | os.PathLike | Prepared,
+    sources: Sequence[str | os.PathLike],
+    *,
+    skip: Collection[str] = (),
+    min_score: float = LABEL_ERROR_MARGIN,
+) -> pd.DataFrame:
+    """:func:`rank_label_errors` on OOF tables (``oof.csv`` files) against the prepared training labels.
+
+    Adds ``label_class`` and ``other_class`` (the class names). No source: an empty ranking.
+    """
+    prep = prepared if isinstance(prepared, Prepared) else Prepared(Path(prepared))
+    names = prep.class_names
+    labels = dict(zip(prep.index["ID"], prep.index["target"].astype(int), strict=True))
+    tables = []
+    for src in sources:
+        ids, probs, _ = read_probs(src, prep.num_classes)
+        tables.append((ids, probs))
+    if not tables:
+        tables = [([], np.zeros((0, prep.num_classes)))]
+    df = rank_label_errors(tables, labels, skip=skip, min_score=min_score)
+    df.insert(2, "label_class", [names[int(t)] for t in df["label"]])
+    df.insert(4, "other_class", [names[int(t)] for t in df["other"]])
+    return df
 
 
 def write_proposals(df: pd.DataFrame, path: str | os.PathLike) -> Path:
