@@ -21,6 +21,16 @@ from docsort.core.choices import (
 )
 
 
+def _hardcases_file_args(c: argparse.ArgumentParser) -> None:
+    """``--file`` and ``--data``: the hardcases.csv a command edits and its dataset root."""
+    c.add_argument("--file", required=True, help="the dataset's hardcases.csv")
+    c.add_argument(
+        "--data",
+        default=None,
+        help="dataset root with meta.csv/train.csv/sample_submission.csv (default: the file's folder)",
+    )
+
+
 def _merge_option(p: argparse.ArgumentParser, flag: str, what: str) -> None:
     p.add_argument(flag, choices=MERGES, default="mean", help=f"{what} (default: mean)")
 
@@ -240,12 +250,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with their suggested targets; delete the rows you reject from the proposals CSV first.",
     )
     c.add_argument("proposals", help="proposals CSV written by `docsort hardcases mine`")
-    c.add_argument("--file", required=True, help="the dataset's hardcases.csv")
-    c.add_argument(
-        "--data",
-        default=None,
-        help="dataset root with meta.csv/train.csv/sample_submission.csv (default: the file's folder)",
-    )
+    _hardcases_file_args(c)
     c.add_argument(
         "--kind",
         choices=HARDCASE_KINDS,
@@ -267,12 +272,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             + " The file is rewritten atomically and checked against meta.csv.",
         )
         c.add_argument("id", metavar="ID", help="image ID (file name)")
-        c.add_argument("--file", required=True, help="the dataset's hardcases.csv")
-        c.add_argument(
-            "--data",
-            default=None,
-            help="dataset root with meta.csv/train.csv/sample_submission.csv (default: the file's folder)",
-        )
+        _hardcases_file_args(c)
         c.add_argument(
             "--target", required=name == "add", help="true class: target number or class name"
         )
