@@ -109,6 +109,7 @@ def test_an_image_already_reviewed_is_left_out():
     assert rank_label_errors([(ids, p)], labels)["ID"].iloc[0] == "a"
 
 
+@pytest.mark.slow
 def test_mine_accept_prepare_drops_the_accepted_label_errors(sample_root, prepared_root, tmp_path):
     """The CLI sequence a person types: mine, read, accept the top label errors, prepare again."""
     data = shutil.copytree(sample_root, tmp_path / "data")

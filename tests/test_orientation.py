@@ -112,6 +112,7 @@ def orientation_model(prepared_root: Path, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # trains the module's orientation model (~30 s on 2 cores)
 def test_orientation_cli_writes_a_model_folder_with_held_out_accuracy(
     orientation_model: Path, prepared_root: Path
 ) -> None:
@@ -131,6 +132,7 @@ def test_orientation_cli_writes_a_model_folder_with_held_out_accuracy(
     assert rc == 2 and "orientation.epochs=1" in one_line(err)  # other work: refused
 
 
+@pytest.mark.slow  # trains the module's orientation model (~30 s on 2 cores)
 def test_upright_runner_hands_the_classifier_upright_pages(orientation_model: Path) -> None:
     orienter = load_orientation(orientation_model)
     x = (torch.rand(5, 1, 48, 48, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
@@ -146,6 +148,7 @@ def test_upright_runner_hands_the_classifier_upright_pages(orientation_model: Pa
     assert torch.equal(got[0], want) and torch.equal(undo(want, INVERSE[found]), x)
 
 
+@pytest.mark.slow  # trains the module's orientation model (~30 s on 2 cores)
 def test_predict_with_orientation_records_the_views(
     orientation_model: Path, trained_member: Path, prepared_root: Path, tmp_path: Path
 ) -> None:
