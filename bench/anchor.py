@@ -3,10 +3,13 @@
     python bench/anchor.py DATA --minutes M [--json OUT.json]
 
 Grayscale, resize to 224x224 (stretch), (x/255 - 0.5) / 0.25, timm resnet18 with
-one input channel, channels_last, bf16 autocast, AdamW (lr 3e-3, weight decay
+one input channel, channels_last, bf16 autocast (where this CPU runs it faster:
+docsort's own precision probe; an AVX2-only CPU runs bf16 about 10x slower than
+fp32, so there it trains in fp32), AdamW (lr 3e-3, weight decay
 0.05), OneCycleLR (pct_start 0.15) over all steps, batch 32, label smoothing
 0.1, every batch rotated by a random multiple of 90 degrees and flipped with
-probability 0.5, an EMA of the weights (timm ``ModelEmaV3``, decay 0.99) used
+probability 0.5, an EMA of the weights (timm ``ModelEmaV3``, decay 0.99, with
+its warm-up so that short runs are not held back by the initial weights) used
 for evaluation, every training page (no validation split), 8-view TTA by mean
 of softmax. Images are decoded once into memory. The epochs are fitted to the
 budget from a short timed probe, as docsort's benchmark fits its own.
@@ -62,6 +65,13 @@ def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
     return [torch.rot90(v, k, (-2, -1)) for v in (x, flipped) for k in range(4)]
 
 
+def fast_bf16() -> bool:
+    """Whether bf16 autocast is faster than fp32 here (docsort's probe, the same rule as ``precision=auto``)."""
+    from docsort.core.device import resolve_precision
+
+    return resolve_precision("auto", torch.device("cpu")) == "bf16"
+
+
 def new_model(num_classes: int) -> torch.nn.Module:
     import timm
 
@@ -69,7 +79,7 @@ def new_model(num_classes: int) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def _step(model, opt, sched, ema, x, y, dtype) -> None:
+def _step(model, opt, sched, ema, x, y, dtype, step: int = 0) -> None:
     x = torch.rot90(normalize(x), int(torch.randint(4, (1,))), (-2, -1))
     if torch.rand(1).item() < 0.5:
         x = x.flip(-1)
@@ -82,7 +92,7 @@ def _step(model, opt, sched, ema, x, y, dtype) -> None:
     if sched is not None:
         sched.step()
     if ema is not None:
-        ema.update(model)
+        ema.update(model, step=step)
 
 
 @torch.no_grad()
@@ -115,12 +125,13 @@ def train_anchor(
     n_predict: int,
     epochs: int | None = None,
     seed: int = 0,
-    bf16: bool = True,
+    bf16: bool | None = None,
     probe_steps: int = 6,
 ) -> tuple[torch.nn.Module, dict]:
     """Train on every page; the epochs fit ``budget_s`` unless given. Returns the EMA model and facts."""
     from timm.utils import ModelEmaV3
 
+    bf16 = fast_bf16() if bf16 is None else bf16
     dtype = torch.bfloat16 if bf16 else None
     steps_per_epoch = max(1, len(x) // BATCH)
     facts: dict = {}
@@ -149,17 +160,22 @@ def train_anchor(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=3e-3, total_steps=epochs * steps_per_epoch, pct_start=0.15
     )
-    ema = ModelEmaV3(model, decay=0.99)
+    # with timm's warm-up (decay grows with the step towards 0.99): without it a run of a few
+    # hundred steps keeps a share of the random initial weights (0.99**168 = 18 % after 8
+    # epochs of 680 pages; macro F1 0.27 against 0.87 for the raw weights on the sample data)
+    ema = ModelEmaV3(model, decay=0.99, use_warmup=True)
+    step = 0
     t0 = time.perf_counter()
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(x))
         for s in range(steps_per_epoch):
             idx = order[s * BATCH : (s + 1) * BATCH]
-            _step(model, opt, sched, ema, x[idx], y[idx], dtype)
+            _step(model, opt, sched, ema, x[idx], y[idx], dtype, step)
+            step += 1
         log(f"epoch {epoch + 1}/{epochs} ({time.perf_counter() - t0:.0f} s)")
     train_s = time.perf_counter() - t0
-    facts.update(epochs=epochs, train_s=round(train_s, 1),
+    facts.update(epochs=epochs, bf16=bf16, train_s=round(train_s, 1),
                  train_images_per_s=round(epochs * steps_per_epoch * BATCH / train_s, 2))  # fmt: skip
     return ema.module, facts
 
@@ -171,10 +187,12 @@ def run_anchor(
     seed: int = 0,
     epochs: int | None = None,
     size: int = SIZE,
+    keep_probs: bool = False,
 ) -> dict:
     """The anchor end to end on a dataset root in docsort's layout, scored on ``test_labels.csv``.
 
-    ``size`` stays 224 in every benchmark; tests lower it to run on tiny data.
+    ``size`` stays 224 in ``bench/quality.py``; the ablation grid and tests vary it.
+    ``keep_probs`` adds ``_ids`` and ``_probs`` (the TTA probabilities) for paired comparisons.
     """
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -196,7 +214,7 @@ def run_anchor(
     left = budget_s - decode_s
     model, facts = train_anchor(x, y, k, budget_s=left, n_predict=len(xt), epochs=epochs, seed=seed)
     t = time.perf_counter()
-    dtype = torch.bfloat16
+    dtype = torch.bfloat16 if facts["bf16"] else None
     probs = predict(model, xt, dtype)
     single = predict(model, xt, dtype, views=1)
     predict_s = time.perf_counter() - t
@@ -212,12 +230,14 @@ def run_anchor(
         "anchor_accuracy": float(accuracy_score(truth, probs.argmax(1))),
         "anchor_single_macro_f1": f1(single),
         "anchor_epochs": facts["epochs"],
+        "anchor_precision": "bf16" if facts["bf16"] else "fp32",
         "anchor_wall_s": round(time.perf_counter() - t_start, 1),
         "anchor_decode_s": round(decode_s, 1),
         "anchor_predict_s": round(predict_s, 1),
         "anchor_train_images_per_s": facts["train_images_per_s"],
         "anchor_budget_s": round(budget_s, 1),
         "anchor_images": {"train": len(x), "test": len(xt), "size": size},
+        **({"_ids": list(test_csv["ID"]), "_probs": probs} if keep_probs else {}),
     }
 
 

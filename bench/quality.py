@@ -2,24 +2,25 @@
 
     python bench/quality.py DATA --minutes M [--recipe NAME] [--json OUT.json] [hydra overrides ...]
 
-Runs ``prepare``, a short measured throughput probe, K fold members (as many
-folds and epochs as fit the budget), 8-view TTA prediction of the test set per
-member and a soft (probability-mean) ensemble; prints a table of macro F1 and
-accuracy per member with and without TTA and of the ensemble, plus wall time
-and images/second, and writes the numbers as JSON.
+Runs ``prepare``, a short measured throughput probe, the budget planner
+(:mod:`docsort.train.plan`: image size, epochs, members, all pages or folds, and
+where the OOF predictions for the review workflow come from), the planned
+members with 8-view TTA prediction of the test set and a soft
+(probability-mean) ensemble when there are several; prints a table of macro F1
+and accuracy per member with and without TTA and of the ensemble, plus wall time
+and images/second, and writes the numbers as JSON. Then, unless ``--no-anchor``,
+the plain loop of ``bench/anchor.py`` runs on the same data, machine and budget:
+``anchor_macro_f1`` and ``vs_anchor`` (docsort minus anchor) sit beside the result.
 
 Scoring: against ``DATA/test_labels.csv`` when it exists, else on the
-out-of-fold (OOF) predictions of the training images (the ensemble row is then
-the pooled OOF of all members, each image scored by the member that did not
-train on it).
+out-of-fold (OOF) predictions (of the fold members, or of the plan's proxy).
 
 The budget: after ``prepare`` the probe times a few real training steps (the
-recipe's model, loader, augmentation and precision) and the TTA forward pass;
-the epochs per member follow from the time left, and the number of members is
-lowered until each gets at least ``--min-epochs``. Before each further member
-the time the previous one really took is checked, so the run ends near the
-budget whether the probe was optimistic (fewer members) or pessimistic (more
-members, up to the number of folds). DATA defaults to $DOCSORT_REAL_DATA.
+recipe's model, loader, augmentation and precision) and the TTA forward pass at
+the recipe's image size; the planner scales that to other sizes. Before each
+further member the time the previous one really took is checked, so the run
+stops near the budget when the probe was optimistic. DATA defaults to
+$DOCSORT_REAL_DATA.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import platform
 import sys
@@ -56,87 +56,6 @@ def scores(y: np.ndarray, probs: np.ndarray, k: int) -> dict[str, float]:
 
 def softmax(z: np.ndarray) -> np.ndarray:
     return torch.from_numpy(np.asarray(z, np.float32)).softmax(-1).numpy()
-
-
-def probe(prepared: Path, overrides: list[str], work: Path, seconds: float) -> dict:
-    """Training images/s (real loader, augmentation, model, precision) and TTA forward images/s."""
-    from docsort.core.config import load_config
-    from docsort.core.device import autocast
-    from docsort.data.datasets import ImageArrayDataset
-    from docsort.data.prepared import Prepared
-    from docsort.train.train import Run, predict_views
-
-    cfg = load_config([*overrides, "fold=0", "tracking.wandb=disabled"])
-    run = Run(Prepared(prepared), cfg, 0, work / "probe")
-    module, device, precision = run.module.to(run.device), run.device, run.precision
-    opt = module.configure_optimizers()["optimizer"]
-    module.train()
-    n, t0, steps = 0, None, 0
-    while t0 is None or (time.perf_counter() - t0 < seconds and steps < 30) or steps < 3:
-        for x, y in run.train_loader:
-            x, y = x.to(device), y.to(device)
-            with autocast(device, precision):
-                loss = torch.nn.functional.cross_entropy(module(x).float(), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if t0 is None:  # the first step warms up (allocations, kernels)
-                t0 = time.perf_counter()
-                continue
-            n += len(y)
-            steps += 1
-            if steps >= 3 and (time.perf_counter() - t0 >= seconds or steps >= 30):
-                break
-    train_ips = n / (time.perf_counter() - t0)
-    rows = run.va_rows[: max(16, min(len(run.va_rows), 64))]
-    ds = ImageArrayDataset(run.images, rows, None)
-    model = module.eval_model.eval()
-    views = list(cfg.tta.views)
-    predict_views(
-        model,
-        ImageArrayDataset(run.images, rows[:8], None),
-        views,
-        device,
-        precision,
-        cfg.tta.batch_size,
-    )  # warm-up
-    t = time.perf_counter()
-    predict_views(model, ds, views, device, precision, cfg.tta.batch_size)
-    tta_ips = len(rows) / (time.perf_counter() - t)
-    t = time.perf_counter()
-    predict_views(model, ds, ["identity"], device, precision, cfg.tta.batch_size)
-    val_ips = len(rows) / (time.perf_counter() - t)
-    return {
-        "train_images_per_s": train_ips,
-        "tta_images_per_s": tta_ips,
-        "val_images_per_s": val_ips,
-        "precision": precision,
-        "device": str(device),
-    }
-
-
-def plan(
-    budget_s: float,
-    n_train: int,
-    n_test: int,
-    folds: int,
-    members: int,
-    speed: dict,
-    *,
-    min_epochs: int,
-    max_epochs: int,
-    overhead_s: float,
-) -> tuple[int, int]:
-    """(members, epochs per member) that fit ``budget_s`` seconds."""
-    n_val = n_train / folds
-    fit_n = n_train - n_val
-    epoch_s = fit_n / speed["train_images_per_s"] + n_val / speed["val_images_per_s"]
-    fixed_s = (n_val + n_test) / speed["tta_images_per_s"] + overhead_s
-    for k in range(members, 0, -1):
-        epochs = math.floor((budget_s / k - fixed_s) / epoch_s)
-        if epochs >= min_epochs or k == 1:
-            return k, int(max(1, min(epochs, max_epochs)))
-    raise AssertionError("unreachable")
 
 
 def another_member_fits(elapsed_s: float, last_member_s: float, budget_s: float) -> bool:
@@ -169,19 +88,21 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--json", dest="json_out", default=None, help="write the results here")
     ap.add_argument(
-        "--members",
-        type=int,
-        default=None,
-        help="at most this many fold members (default: the recipe's data.num_folds)",
+        "--members", type=int, default=None, help="at most this many members (default: as planned)"
     )
     ap.add_argument(
         "--min-epochs",
         type=int,
-        default=16,
-        help="fewer members rather than fewer epochs than this (default 16: from scratch, one "
-        "15-epoch member beat three 8-epoch members given twice the time on RVL-CDIP pages)",
+        default=None,
+        help="the planner's min_epochs: a smaller image size rather than fewer epochs than this (default: docsort.train.plan.Rules)",
     )
     ap.add_argument("--max-epochs", type=int, default=60)
+    ap.add_argument(
+        "--sizes",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=None,
+        help="image sizes the planner may choose from, e.g. 224,160 (default: docsort.train.plan.Rules)",
+    )
     ap.add_argument("--probe-seconds", type=float, default=15.0)
     ap.add_argument(
         "--no-anchor",
@@ -229,12 +150,20 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def member_specs(p) -> list[tuple[str, list[str]]]:
+    """(name, overrides) of each planned member: one per fold, or one seed each on all pages."""
+    if p.fold == "all":
+        return [(f"fold{k}", [f"fold={k}"]) for k in range(p.members)]
+    return [(f"all{m}", ["fold=none", f"seed={42 + m}"]) for m in range(p.members)]
+
+
 def run(args, work: Path, t_start: float, budget: float) -> dict:
     from docsort.core.config import load_config
     from docsort.core.device import usable_cores
     from docsort.data.prepare import prepare
     from docsort.data.prepared import Prepared
     from docsort.predict.predict import predict
+    from docsort.train.plan import Rules, Throughput, plan, probe, progressive_cost
     from docsort.train.train import train
 
     overrides = [f"experiment={args.recipe}", *args.overrides]
@@ -248,97 +177,126 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
     n_train, n_test, folds = len(prep.index), len(prep.test_ids), int(prep.info["num_folds"])
     speed = probe(prepared, [*overrides, *tracking], work, args.probe_seconds)
     log(f"probe: train {speed['train_images_per_s']:.1f} img/s, TTA {speed['tta_images_per_s']:.1f} img/s "
-        f"(x{len(cfg.tta.views)} views), {speed['precision']} on {speed['device']}")  # fmt: skip
-    left = budget - (time.perf_counter() - t_start) - 0.03 * budget - 5  # keep a margin for scoring
-    members, epochs = plan(left, n_train, n_test, folds, min(args.members or folds, folds), speed,
-                           min_epochs=args.min_epochs, max_epochs=args.max_epochs, overhead_s=8.0)  # fmt: skip
-    log(f"plan: {members} member(s) x {epochs} epochs in {left / 60:.1f} min left")
+        f"(x{len(cfg.tta.views)} views) at {speed['image_size']} px, {speed['precision']} on {speed['device']}")  # fmt: skip
+    defaults = Rules()
+    rules = Rules(folds=folds, min_epochs=args.min_epochs or defaults.min_epochs,
+                  max_epochs=args.max_epochs, sizes=tuple(args.sizes) if args.sizes else defaults.sizes)  # fmt: skip
+    cost = progressive_cost(float(cfg.train.progressive_start), float(cfg.train.progressive_until))
 
-    rows, member_dirs = [], []
-    most = min(args.members or folds, folds)
-    for k in range(most):
+    def planned(speed: dict):
+        left = budget - (time.perf_counter() - t_start) - 0.03 * budget - 5  # a margin for scoring
+        thr = Throughput(
+            speed["train_images_per_s"], speed["tta_images_per_s"], speed["image_size"]
+        )
+        return plan(left, n_train, n_test, thr, rules, cost_factor=cost), left
+
+    def at_size(size: int) -> Path:
+        nonlocal overrides, prepare_s
+        overrides = [*overrides, f"data.image_size={size}"]
+        t = time.perf_counter()
+        out = prepare(str(args.data), work / f"prepared{size}", overrides)
+        prepare_s += time.perf_counter() - t
+        return out
+
+    the_plan, left = planned(speed)
+    if the_plan.image_size != int(cfg.data.image_size):
+        # per-image costs do not all scale with pixels: measure again at the planned size, plan once more
+        prepared = at_size(the_plan.image_size)
+        speed = probe(prepared, [*overrides, *tracking], work, args.probe_seconds)
+        log(f"probe at {speed['image_size']} px: train {speed['train_images_per_s']:.1f} img/s, "
+            f"TTA {speed['tta_images_per_s']:.1f} img/s")  # fmt: skip
+        first = the_plan.image_size
+        the_plan, left = planned(speed)
+        if the_plan.image_size != first:
+            prepared = at_size(the_plan.image_size)
+    prep = Prepared(prepared)
+    if args.members and the_plan.members > args.members:
+        from dataclasses import replace
+
+        the_plan = replace(
+            the_plan, members=args.members, notes=[*the_plan.notes, f"--members {args.members}"]
+        )
+    log(f"plan: {the_plan.describe()} ({left / 60:.1f} min left)")
+    for note in the_plan.notes:
+        log(f"plan: {note}")
+
+    rows, names = [], []
+    for k, (name, extra) in enumerate(member_specs(the_plan)):
         last_cost = rows[-1]["train_s"] + rows[-1]["predict_s"] if rows else 0.0
         if k and not another_member_fits(time.perf_counter() - t_start, last_cost, budget):
             log(f"stopping at {k} member(s): the next one would pass the budget")
             break
-        if k >= members:  # the probe was pessimistic: the measured member cost leaves room
-            log(f"member {k + 1}: the measured cost of a member still fits the budget")
-        mdir = work / f"fold{k}"
+        mdir = work / name
         t = time.perf_counter()
-        with open(work / f"fold{k}.log", "w") as f, contextlib.redirect_stdout(f):
-            train(prepared, mdir, [*overrides, *tracking, f"fold={k}", f"train.epochs={epochs}"])
+        with open(work / f"{name}.log", "w") as f, contextlib.redirect_stdout(f):
+            train(
+                prepared, mdir, [*overrides, *tracking, *extra, f"train.epochs={the_plan.epochs}"]
+            )
         train_s = time.perf_counter() - t
         t = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):
-            predict(prepared, mdir, work / f"pred{k}", overrides)
+            predict(prepared, mdir, work / f"pred_{name}", overrides)
         predict_s = time.perf_counter() - t
         metrics = json.loads((mdir / "metrics.json").read_text())
-        rows.append({"member": f"fold{k}", "epochs": int(metrics["epochs"]), "train_s": train_s, "predict_s": predict_s,
+        rows.append({"member": name, "epochs": int(metrics["epochs"]), "train_s": train_s, "predict_s": predict_s,
                      "val_macro_f1": metrics.get("val_macro_f1"), "train_images": metrics["train_images"]})  # fmt: skip
-        member_dirs.append(k)
+        names.append(name)
+        val = metrics.get("val_macro_f1")
         log(
-            f"fold{k}: {metrics['epochs']} epochs in {train_s:.0f} s, val_macro_f1={metrics.get('val_macro_f1', float('nan')):.4f}"
+            f"{name}: {metrics['epochs']} epochs in {train_s:.0f} s"
+            + (f", val_macro_f1={val:.4f}" if val is not None else "")
         )
 
+    oof = oof_result(args, work, the_plan, overrides, tracking, rows, t_start, budget)
     k_classes = prep.num_classes
     labels_csv = prep.file("test_labels.csv")
     scored_on = "test_labels" if labels_csv else "oof"
     if labels_csv:
         truth = pd.read_csv(labels_csv, dtype={"ID": str}).set_index("ID")["target"]
         members_probs = []
-        for row, k in zip(rows, member_dirs, strict=True):
-            views = np.load(work / f"pred{k}" / "views.npz", allow_pickle=False)
+        for row, name in zip(rows, names, strict=True):
+            views = np.load(work / f"pred_{name}" / "views.npz", allow_pickle=False)
             ids = [str(i) for i in views["ids"]]
             y = truth.loc[ids].to_numpy()
             probs = (
-                pd.read_csv(work / f"pred{k}" / "probs.csv", dtype={"ID": str})
+                pd.read_csv(work / f"pred_{name}" / "probs.csv", dtype={"ID": str})
                 .set_index("ID")
                 .loc[ids]
             )
             tta = probs[[f"p{c}" for c in range(k_classes)]].to_numpy()
-            single = softmax(views["identity"])
-            row.update({f"single_{m}": v for m, v in scores(y, single, k_classes).items()})
+            row.update(
+                {
+                    f"single_{m}": v
+                    for m, v in scores(y, softmax(views["identity"]), k_classes).items()
+                }
+            )
             row.update({f"tta_{m}": v for m, v in scores(y, tta, k_classes).items()})
             members_probs.append(tta)
         ens = scores(y, np.mean(members_probs, axis=0), k_classes)
         n_scored = len(y)
+    elif (
+        oof.get("oof_macro_f1") is not None
+    ):  # no test labels: the OOF of the folds or of the proxy
+        ens = {"macro_f1": oof["oof_macro_f1"], "accuracy": oof["oof_accuracy"]}
+        n_scored = oof["oof_images"]
     else:
-        pooled_y, pooled_p = [], []
-        for row, k in zip(rows, member_dirs, strict=True):
-            oof = np.load(work / f"fold{k}" / "oof_views.npz", allow_pickle=False)
-            y = oof["targets"]
-            from docsort.core.probs import read_probs
-
-            _, tta, _ = read_probs(work / f"fold{k}" / "oof.csv")
-            row.update(
-                {
-                    f"single_{m}": v
-                    for m, v in scores(y, softmax(oof["identity"]), k_classes).items()
-                }
-            )
-            row.update({f"tta_{m}": v for m, v in scores(y, tta, k_classes).items()})
-            pooled_y.append(y)
-            pooled_p.append(tta)
-        ens = scores(np.concatenate(pooled_y), np.concatenate(pooled_p), k_classes)
-        n_scored = int(sum(len(y) for y in pooled_y))
-
+        raise SystemExit("no test_labels.csv and no OOF predictions planned: nothing to score")
     wall = time.perf_counter() - t_start
     train_imgs = sum(r["train_images"] * r["epochs"] for r in rows)
     train_time = sum(r["train_s"] for r in rows)
     pred_time = sum(r["predict_s"] for r in rows)
-    multi = len(rows) > 1 and scored_on == "test_labels"
-    final = (
-        ens
-        if multi or scored_on == "oof"
-        else {"macro_f1": rows[0]["tta_macro_f1"], "accuracy": rows[0]["tta_accuracy"]}
-    )
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return float(np.mean(values)) if values else None
+
     result = {
-        "macro_f1": final["macro_f1"],
-        "accuracy": final["accuracy"],
-        "single_macro_f1": float(np.mean([r["single_macro_f1"] for r in rows])),
-        "single_accuracy": float(np.mean([r["single_accuracy"] for r in rows])),
-        "tta_macro_f1": float(np.mean([r["tta_macro_f1"] for r in rows])),
-        "tta_accuracy": float(np.mean([r["tta_accuracy"] for r in rows])),
+        "macro_f1": ens["macro_f1"],  # one member: its TTA score; several: their soft ensemble
+        "accuracy": ens["accuracy"],
+        "single_macro_f1": mean("single_macro_f1"),
+        "single_accuracy": mean("single_accuracy"),
+        "tta_macro_f1": mean("tta_macro_f1"),
+        "tta_accuracy": mean("tta_accuracy"),
         "ensemble_macro_f1": ens["macro_f1"],
         "ensemble_accuracy": ens["accuracy"],
         "wall_s": round(wall, 1),
@@ -347,6 +305,9 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
         "train_images_per_s": round(train_imgs / max(train_time, 1e-9), 2),
         "predict_images_per_s": round(len(rows) * n_test / max(pred_time, 1e-9), 2),
         "probe": {k: (round(v, 2) if isinstance(v, float) else v) for k, v in speed.items()},
+        "plan": the_plan.as_dict(),
+        "plan_text": the_plan.describe(),
+        **oof,
         "recipe": args.recipe,
         "overrides": list(args.overrides),
         "members": rows,
@@ -365,6 +326,41 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
         },  # fmt: skip
     }
     print_table(result)
+    return result
+
+
+def oof_result(args, work: Path, the_plan, overrides: list[str], tracking: list[str],
+               rows: list[dict], t_start: float, budget: float) -> dict:  # fmt: skip
+    """OOF predictions for the review workflow, as planned: pooled from the folds, or from the proxy."""
+    from docsort.core.probs import read_probs
+    from docsort.data.prepare import prepare
+    from docsort.train.train import train
+
+    def scored(paths: list[Path], source: str, seconds: float) -> dict:
+        y = np.concatenate([read_probs(p)[2]["target"].to_numpy() for p in paths])
+        probs = np.concatenate([read_probs(p)[1] for p in paths])
+        s = scores(y, probs, probs.shape[1])
+        return {"oof_source": source, "oof_macro_f1": s["macro_f1"], "oof_accuracy": s["accuracy"],
+                "oof_images": len(y), "oof_s": round(seconds, 1)}  # fmt: skip
+
+    if the_plan.oof == "folds":
+        return scored([work / r["member"] / "oof.csv" for r in rows], "folds", 0.0)
+    if the_plan.oof == "none" or not the_plan.proxy:
+        return {"oof_source": "none", "oof_macro_f1": None}
+    q = the_plan.proxy
+    if time.perf_counter() - t_start > 0.97 * budget:
+        log("proxy OOF: skipped, the budget is spent")
+        return {"oof_source": "skipped", "oof_macro_f1": None}
+    t = time.perf_counter()
+    proxy = [*overrides, f"data.image_size={q['image_size']}", f"data.num_folds={q['folds']}"]
+    prepared = prepare(str(args.data), work / "prepared_proxy", proxy)
+    with open(work / "proxy.log", "w") as f, contextlib.redirect_stdout(f):
+        train(
+            prepared, work / "proxy", [*proxy, *tracking, "fold=all", f"train.epochs={q['epochs']}"]
+        )
+    result = scored([work / "proxy" / "oof.csv"], "proxy", time.perf_counter() - t)
+    log(f"proxy OOF ({q['folds']} folds x {q['epochs']} epochs at {q['image_size']} px): macro F1 "
+        f"{result['oof_macro_f1']:.4f} in {result['oof_s']:.0f} s")  # fmt: skip
     return result
 
 
@@ -387,17 +383,29 @@ def print_table(r: dict) -> None:
     head = f"{'model':<22}{'epochs':>7}{'macro F1':>10}{'accuracy':>10}{'F1 +TTA':>10}{'acc +TTA':>10}{'train s':>9}"
     print(head)
     print("-" * len(head))
+
+    def num(v: float | None) -> str:
+        return f"{v:>10.4f}" if v is not None else f"{'-':>10}"
+
     for m in r["members"]:
-        print(f"{m['member']:<22}{m['epochs']:>7}{m['single_macro_f1']:>10.4f}{m['single_accuracy']:>10.4f}"
-              f"{m['tta_macro_f1']:>10.4f}{m['tta_accuracy']:>10.4f}{m['train_s']:>9.0f}")  # fmt: skip
-    label = (
-        f"soft ensemble ({len(r['members'])})" if r["scored_on"] == "test_labels" else "pooled OOF"
-    )
+        print(f"{m['member']:<22}{m['epochs']:>7}{num(m.get('single_macro_f1'))}{num(m.get('single_accuracy'))}"
+              f"{num(m.get('tta_macro_f1'))}{num(m.get('tta_accuracy'))}{m['train_s']:>9.0f}")  # fmt: skip
+    if r["scored_on"] == "test_labels":
+        label = f"soft ensemble ({len(r['members'])})" if len(r["members"]) > 1 else "final"
+    else:
+        label = f"{r['oof_source']} OOF"
     print(
         f"{label:<22}{'':>7}{'':>10}{'':>10}{r['ensemble_macro_f1']:>10.4f}{r['ensemble_accuracy']:>10.4f}"
     )
     print("-" * len(head))
     print(f"final (submission) macro F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}")
+    print(f"plan: {r['plan_text']}")
+    if r.get("oof_macro_f1") is not None:
+        print(
+            f"OOF for review ({r['oof_source']}): macro F1 {r['oof_macro_f1']:.4f} over {r['oof_images']} images"
+        )
+    else:
+        print(f"OOF for review: {r['oof_source']}")
     p = r["probe"]
     print(f"wall {r['wall_s'] / 60:.1f} min (prepare {r['prepare_s']:.0f} s); training {r['train_images_per_s']:.1f} img/s; "
           f"TTA predict {r['predict_images_per_s']:.1f} img/s ({len(r['tta_views'])} views); {p['precision']} on {p['device']}, "
@@ -409,7 +417,7 @@ def print_anchor(r: dict) -> None:
     if r.get("anchor_macro_f1") is None:
         print(f"anchor: not measured ({r.get('skipped', 'no test labels')})")
         return
-    print(f"anchor (plain loop, 224 px, {r['anchor_epochs']} epochs, all pages, 8-view TTA): macro F1 "
+    print(f"anchor (plain loop, 224 px, {r['anchor_epochs']} epochs, {r['anchor_precision']}, all pages, 8-view TTA): macro F1 "
           f"{r['anchor_macro_f1']:.4f} in {r['anchor_wall_s'] / 60:.1f} min; docsort - anchor = {r['vs_anchor']:+.4f}")  # fmt: skip
 
 

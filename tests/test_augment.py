@@ -86,6 +86,7 @@ def test_copies_depend_on_the_seed_not_on_the_number_of_workers(tmp_path):
     assert not np.array_equal(one, np.load(tmp_path / "seed1.npy"))
 
 
+@pytest.mark.slow  # `make test-slow`
 def test_training_draws_from_the_offline_copies(augraphy_prepared, tmp_path):
     from docsort.data.augment import to_tensor
     from docsort.train.train import Run

@@ -514,6 +514,7 @@ def test_failed_prepare_keeps_the_previous_complete_output(data_copy: Path, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "prep"]
 
 
+@pytest.mark.slow  # `make test-slow`
 def test_s3_dataset_messages_name_the_s3_uri(s3_server, sample_root: Path, tmp_path: Path):
     from docsort.core import storage
 
@@ -531,6 +532,7 @@ def test_s3_dataset_messages_name_the_s3_uri(s3_server, sample_root: Path, tmp_p
     assert not (tmp_path / "work" / "prep").exists()
 
 
+@pytest.mark.slow  # `make test-slow`
 @pytest.mark.parametrize(
     "argv_tail, expect",
     [

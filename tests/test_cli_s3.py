@@ -99,6 +99,7 @@ def s3_prepared(s3_server, prepared_root) -> str:
     return uri
 
 
+@pytest.mark.slow  # `make test-slow`
 def test_train_and_predict_read_prepared_data_by_s3_uri(s3_prepared, s3_server, tmp_path, capsys):
     """What a Katib trial does: `docsort train s3://.../prepared` (then predict with the result)."""
     model = tmp_path / "trial"

@@ -101,6 +101,7 @@ def test_verdicts_are_validated(data, argv, message):
     assert hc.read_bytes() == original
 
 
+@pytest.mark.slow  # `make test-slow`
 def test_label_error_changes_training_labels_only_when_the_option_is_on(data, tmp_path):
     from docsort.data.prepare import prepare
 

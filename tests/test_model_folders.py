@@ -78,6 +78,7 @@ def test_a_bundle_prediction_is_an_ensemble_member(bundle, prepared_root, tmp_pa
     assert load_spec(tmp_path / "c1" / "candidate.yaml").members[0].model == str(bundle.resolve())
 
 
+@pytest.mark.slow  # `make test-slow`
 def test_export_of_a_bundle_writes_each_fold_and_predict_uses_them(bundle, prepared_root, tmp_path):
     b = shutil.copytree(bundle, tmp_path / "b")
     rc, out, err = run_cli("export", b)
@@ -129,6 +130,7 @@ def test_predict_shows_one_progress_display_and_nothing_else(bundle, prepared_ro
     assert out.strip() == f"predictions written to {tmp_path / 'p'}"
 
 
+@pytest.mark.slow  # `make test-slow`
 def test_a_moved_candidate_tree_still_runs_and_submits(bundle, prepared_root, tmp_path):
     """Spec member paths are relative to the spec: move the whole tree, re-run and submit there."""
     tree = tmp_path / "tree"

@@ -66,6 +66,7 @@ def test_onnxruntime_tta_matches_torch(member_dir, prepared_root, torch_pred, tm
         assert np.abs(a - b).max() < 1e-3 and np.abs(a).max() > 1e-3
 
 
+@pytest.mark.slow  # `make test-slow`
 def test_predict_uses_the_exported_model_and_refuses_a_stale_one(
     member_dir, prepared_root, tmp_path, torch_pred
 ):

@@ -50,15 +50,18 @@ def _stop_after(n: int):
     return hook
 
 
-def _assert_same_outputs(a: Path, b: Path) -> None:
+def _assert_same_outputs(a: Path, b: Path, atol: float = 0.0) -> None:
+    """Equal outputs; ``atol`` > 0 where a batch size differs (the summation order changes)."""
     ids_a, pa, _ = read_probs(a / "probs.csv")
     ids_b, pb, _ = read_probs(b / "probs.csv")
     assert ids_a == ids_b
-    np.testing.assert_array_equal(pa, pb)
+    np.testing.assert_allclose(pa, pb, rtol=0, atol=atol)
     va, vb = np.load(a / "views.npz"), np.load(b / "views.npz")
     assert va.files == vb.files
+    np.testing.assert_array_equal(va["ids"], vb["ids"])
     for name in va.files:
-        np.testing.assert_array_equal(va[name], vb[name])
+        if name != "ids":
+            np.testing.assert_allclose(va[name], vb[name], rtol=0, atol=atol)
 
 
 def test_outputs_are_streamed_from_shards(uninterrupted, prepared_root):
@@ -159,7 +162,7 @@ def test_resume_keeps_the_shard_layout_it_began_with(
     predict(prepared_root, member_dir, out, [*SHARDED, "tta.shard_size=5", "tta.batch_size=2"])
     info = json.loads((out / "predict.json").read_text())
     assert info["resumed_shards"] == 2 and info["shard_size"] == 8
-    _assert_same_outputs(out, uninterrupted)
+    _assert_same_outputs(out, uninterrupted, atol=1e-6)  # tta.batch_size=2 for the rest
 
 
 def test_rerun_of_a_complete_prediction_does_nothing(member_dir, prepared_root, tmp_path, capsys):

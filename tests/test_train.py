@@ -213,6 +213,7 @@ def test_onecycle_with_one_batch_per_epoch_trains(prepared_root, tmp_path):
     assert [h["epoch"] for h in hist] == [1, 2]
 
 
+@pytest.mark.slow  # `make test-slow`
 def test_recipe_options_take_effect(prepared_root, tmp_path):
     """EMA, mixup+cutmix, class-balanced sampler, grad clipping, channels_last, torch.compile, bf16."""
     import lightning as L
@@ -394,6 +395,7 @@ def wandb_records(path: Path):
             yield record
 
 
+@pytest.mark.slow  # `make test-slow`
 def test_wandb_offline_run_holds_config_metrics_confusion_matrix_and_worst_predictions(
     prepared_root, tmp_path
 ):

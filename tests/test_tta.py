@@ -44,6 +44,7 @@ def _loop_logits(model: torch.nn.Module, images: np.ndarray, views: list[str]) -
     return out
 
 
+@pytest.mark.slow  # `make test-slow`
 def test_batched_tta_equals_per_view_loop(member_dir, prepared_root):
     from docsort.models.factory import load_member
 

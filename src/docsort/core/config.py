@@ -303,6 +303,8 @@ class TrainConfig(_Section):
     balance: Choice("loss", "sampler", "none")
     grad_clip: Num(ge=0)
     ema_decay: Fraction
+    progressive_start: Num(gt=0, le=1)
+    progressive_until: Fraction
     early_stop_patience: Int(ge=0)
     num_workers: Annotated[AutoOr(_ranged(int, "an integer", ge=0)), NOT_IDENTITY]
     channels_last: Annotated[Bool, NOT_IDENTITY]  # memory layout only

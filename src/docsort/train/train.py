@@ -70,6 +70,21 @@ def _mix(mixer: Mixup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
     return x, soft
 
 
+def progressive_size(size: int, epoch: int, epochs: int, start: float, until: float) -> int:
+    """The side of the training batches in ``epoch`` (0-based) under progressive resizing.
+
+    Linear from ``start * size`` in the first epoch to ``size`` at ``until`` of the
+    epochs, then full size; a multiple of 16 (strided backbones keep whole feature maps).
+    ``start=1`` is off.
+    """
+    if start >= 1 or epochs <= 1:
+        return size
+    ramp = max(1.0, until * epochs - 1)
+    frac = min(1.0, epoch / ramp)
+    side = start * size + (size - start * size) * frac
+    return int(min(size, max(16, round(side / 16) * 16)))
+
+
 def lr_scheduler(
     opt: torch.optim.Optimizer, kind: str, total: int, warm: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
@@ -166,6 +181,12 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, _):
         x, y = batch
+        t = self.cfg.train
+        if float(t.progressive_start) < 1:
+            side = progressive_size(x.shape[-1], self.current_epoch, int(t.epochs),
+                                    float(t.progressive_start), float(t.progressive_until))  # fmt: skip
+            if side != x.shape[-1]:
+                x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
         if self.mixup is not None:  # soft targets: the batch mean of -sum(w * soft * log p)
             x, soft = _mix(self.mixup, x, y)
             loss = F.cross_entropy(self(x).float(), soft, weight=self.class_weights)
