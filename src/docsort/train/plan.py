@@ -18,7 +18,7 @@ fold members of 16 epochs on 80 % of them). So the rule, in order:
    ``proxy_epochs``) when it costs at most ``oof_share`` of the budget, taken
    from the main members' time; else none, and the plan says so.
 
-A pure function of its inputs: ``bench/quality.py`` and ``docsort plan`` feed it the probe.
+A pure function of its inputs: ``bench/quality.py`` feeds it the probe.
 """
 
 from __future__ import annotations
@@ -45,7 +45,14 @@ class Throughput:
 
 @dataclass(frozen=True)
 class Rules:
-    """The planner's constants (see ``bench/results/ablation_*.json`` for where they come from)."""
+    """The planner's constants, and where each comes from.
+
+    ``min_epochs``: on RVL pages one 15-epoch member beat three 8-epoch ones
+    (``bench/results/quality_rvlcdip_1member.json``). All pages over a fold:
+    ``bench/results/ablation_sample_rows.json`` (fold 0: -0.106, p = 0.001).
+    ``enough_epochs`` (40) is not measured yet: ``bench/ablation.py --grid``
+    (size x epochs x all pages/fold) is the run that would set it.
+    """
 
     sizes: tuple[int, ...] = (224, 192, 160, 128, 96)
     min_epochs: int = 16
