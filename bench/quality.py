@@ -58,6 +58,9 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return torch.from_numpy(np.asarray(z, np.float32)).softmax(-1).numpy()
 
 
+NOTHING_TO_SCORE = "no test_labels.csv and no OOF predictions planned: nothing to score"
+
+
 def another_member_fits(elapsed_s: float, last_member_s: float, budget_s: float) -> bool:
     """Whether one more member, costing what the last one really took, ends inside the budget.
 
@@ -178,9 +181,8 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
     speed = probe(prepared, [*overrides, *tracking], work, args.probe_seconds)
     log(f"probe: train {speed['train_images_per_s']:.1f} img/s, TTA {speed['tta_images_per_s']:.1f} img/s "
         f"(x{len(cfg.tta.views)} views) at {speed['image_size']} px, {speed['precision']} on {speed['device']}")  # fmt: skip
-    defaults = Rules()
-    rules = Rules(folds=folds, min_epochs=args.min_epochs or defaults.min_epochs,
-                  max_epochs=args.max_epochs, sizes=tuple(args.sizes) if args.sizes else defaults.sizes)  # fmt: skip
+    given = {"min_epochs": args.min_epochs, "sizes": tuple(args.sizes) if args.sizes else None}
+    rules = Rules(folds=folds, max_epochs=args.max_epochs, **{k: v for k, v in given.items() if v})
     cost = progressive_cost(float(cfg.train.progressive_start), float(cfg.train.progressive_until))
 
     def planned(speed: dict):
@@ -219,6 +221,8 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
     log(f"plan: {the_plan.describe()} ({left / 60:.1f} min left)")
     for note in the_plan.notes:
         log(f"plan: {note}")
+    if not prep.file("test_labels.csv") and the_plan.oof == "none":  # fail before any training
+        raise SystemExit(NOTHING_TO_SCORE)
 
     rows, names = [], []
     for k, (name, extra) in enumerate(member_specs(the_plan)):
@@ -280,7 +284,7 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
         ens = {"macro_f1": oof["oof_macro_f1"], "accuracy": oof["oof_accuracy"]}
         n_scored = oof["oof_images"]
     else:
-        raise SystemExit("no test_labels.csv and no OOF predictions planned: nothing to score")
+        raise SystemExit(NOTHING_TO_SCORE)
     wall = time.perf_counter() - t_start
     train_imgs = sum(r["train_images"] * r["epochs"] for r in rows)
     train_time = sum(r["train_s"] for r in rows)
@@ -337,8 +341,9 @@ def oof_result(args, work: Path, the_plan, overrides: list[str], tracking: list[
     from docsort.train.train import train
 
     def scored(paths: list[Path], source: str, seconds: float) -> dict:
-        y = np.concatenate([read_probs(p)[2]["target"].to_numpy() for p in paths])
-        probs = np.concatenate([read_probs(p)[1] for p in paths])
+        tables = [read_probs(p) for p in paths]
+        y = np.concatenate([frame["target"].to_numpy() for _, _, frame in tables])
+        probs = np.concatenate([p for _, p, _ in tables])
         s = scores(y, probs, probs.shape[1])
         return {"oof_source": source, "oof_macro_f1": s["macro_f1"], "oof_accuracy": s["accuracy"],
                 "oof_images": len(y), "oof_s": round(seconds, 1)}  # fmt: skip
@@ -422,4 +427,11 @@ def print_anchor(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from docsort.core.errors import DocsortError
+
+    try:
+        main()
+    except (
+        DocsortError
+    ) as e:  # one line, as the CLI prints it (e.g. a --work folder of other settings)
+        raise SystemExit(f"quality: {e}") from None

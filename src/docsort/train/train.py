@@ -164,6 +164,12 @@ class Classifier(L.LightningModule):
         if backend:
             # in place: parameter names (checkpoints, safetensors) stay those of the plain model
             self.model.compile(backend=backend)
+        # (epochs, start, until) of progressive resizing, read once rather than on every step
+        self._progressive = (
+            (int(t.epochs), float(t.progressive_start), float(t.progressive_until))
+            if float(t.progressive_start) < 1
+            else None
+        )
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.history: list[dict] = []
 
@@ -181,10 +187,8 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, _):
         x, y = batch
-        t = self.cfg.train
-        if float(t.progressive_start) < 1:
-            side = progressive_size(x.shape[-1], self.current_epoch, int(t.epochs),
-                                    float(t.progressive_start), float(t.progressive_until))  # fmt: skip
+        if self._progressive:
+            side = progressive_size(x.shape[-1], self.current_epoch, *self._progressive)
             if side != x.shape[-1]:
                 x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
         if self.mixup is not None:  # soft targets: the batch mean of -sum(w * soft * log p)
