@@ -20,7 +20,12 @@ import torch
 from omegaconf import DictConfig
 
 from docsort.core.errors import ConfigError
-from docsort.data.augraphy_copies import AUGRAPHY_PIPELINES, augraphy_pipeline, degrade
+from docsort.data.augraphy_copies import (
+    AUGRAPHY_PIPELINES,
+    augraphy_pipeline,
+    degrade,
+    seed_augraphy,
+)
 
 __all__ = [
     "AUGRAPHY_PIPELINES",
@@ -124,6 +129,7 @@ class TrainTransform:
         if self.online_p and rng.random() < self.online_p:
             if self._augraphy is None:
                 self._augraphy = augraphy_pipeline(self.pipeline_name)
+            seed_augraphy(int(rng.integers(1, 2**31 - 1)))
             img = degrade(np.asarray(img), self._augraphy)
         if self.dihedral:
             img = dihedral(np.asarray(img), rng)

@@ -119,6 +119,21 @@ def augraphy_pipeline(name: str = "doc", seed: int | None = None):
     )
 
 
+def seed_augraphy(seed: int) -> None:
+    """Seed the global RNGs Augraphy draws from (``random``, NumPy's legacy one, OpenCV's).
+
+    Augraphy takes no generator; seeding per draw makes a copy or an online
+    sample a function of its seed, not of whatever ran before it.
+    """
+    import random
+
+    import cv2
+
+    random.seed(seed)
+    np.random.seed(seed)
+    cv2.setRNGSeed(seed)
+
+
 def degrade(img: np.ndarray, pipeline) -> np.ndarray:
     """Run an Augraphy pipeline on a grayscale or RGB uint8 image, keeping shape and channels."""
     import cv2
@@ -149,10 +164,6 @@ def _init(src: str, pipeline: str) -> None:
 
 
 def _degrade_row(job: tuple[int, int, int]) -> tuple[int, np.ndarray, float]:
-    import random
-
-    import cv2
-
     i, copies, seed = job
     img = np.asarray(_STATE["images"][i])
     out = np.empty((copies, *img.shape), np.uint8)
@@ -163,9 +174,7 @@ def _degrade_row(job: tuple[int, int, int]) -> tuple[int, np.ndarray, float]:
             % (2**31 - 1)
             or 1
         )
-        random.seed(s)
-        np.random.seed(s)
-        cv2.setRNGSeed(s)
+        seed_augraphy(s)
         try:
             out[c] = degrade(img, _STATE["pipeline"])
         except Exception:  # noqa: BLE001 - an Augraphy bug on one draw must not sink prepare
