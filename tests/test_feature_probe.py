@@ -160,3 +160,14 @@ def test_a_file_that_is_not_onnx_is_refused_in_one_line(prepared_root, backbone,
     code, _, err = run_cli("train", "--prepared", prepared_root, "--out", tmp_path / "m",
                            *probe_args(backbone), "fold=0", f"model.backbone={fake}")  # fmt: skip
     assert code == 2 and "not an ONNX model docsort can read" in one_line(err)
+
+
+def test_rerunning_the_same_probe_is_a_no_op_and_other_settings_are_refused(probe_member, prepared_root, backbone):
+    before = snapshot(probe_member)
+    code, _, err = run_cli("train", "--prepared", prepared_root, "--out", probe_member, *probe_args(backbone), "fold=0")  # fmt: skip
+    assert code == 0, err
+    assert snapshot(probe_member) == before
+    code, _, err = run_cli("train", "--prepared", prepared_root, "--out", probe_member,
+                           *probe_args(backbone), "fold=0", "model.C=[0.5]")  # fmt: skip
+    assert code == 2 and "model.C" in one_line(err)
+    assert snapshot(probe_member) == before

@@ -820,7 +820,7 @@ def train(
 
 
 #: What ``train`` writes in its output folder (names or patterns): all that ``--overwrite`` removes.
-TRAIN_OUTPUTS = ("model.safetensors", "model.yaml", "backbone.onnx", "config.yaml", "metrics.json", "history.csv",
+TRAIN_OUTPUTS = ("model.safetensors", "model.yaml", "backbone.onnx", ".backbone", "config.yaml", "metrics.json", "history.csv",
                  "oof.csv", "oof_views.npz", "checkpoints", "logs", "wandb", "fold[0-9]*")  # fmt: skip
 
 
