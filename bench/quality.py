@@ -234,7 +234,7 @@ def run(args, work: Path, t_start: float, budget: float) -> dict:
 
     rows, names = list(feature_rows), [r["member"] for r in feature_rows]
     for k, (name, extra) in enumerate(member_specs(the_plan)):
-        last_cost = rows[-1]["train_s"] + rows[-1]["predict_s"]
+        last_cost = rows[-1]["train_s"] + rows[-1]["predict_s"] if k else 0.0  # the last CNN's
         if k and not another_member_fits(time.perf_counter() - t_start, last_cost, budget):
             log(f"stopping at {k} member(s): the next one would pass the budget")
             break

@@ -128,6 +128,24 @@ def trained_member(prepared_root, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def backbone(tmp_path_factory) -> Path:
+    """A tiny ONNX network with 28 HardSwish activations, as many as PP-LCNet, so the default
+    ``model.layer_sets`` fit (a ``model.backbone`` for feature_probe)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.Hardswish(), nn.Conv2d(8, 8, 3, 2, 1), nn.Hardswish()]  # fmt: skip
+    for _ in range(26):
+        layers += [nn.Conv2d(8, 8, 3, 1, 1), nn.Hardswish()]
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    path = tmp_path_factory.mktemp("backbone") / "tiny.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 48, 48),), str(path), input_names=["x"],
+                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, opset_version=17, dynamo=False)  # fmt: skip
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _wandb_never_online(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may reach W&B's servers, whatever the developer's environment holds."""

@@ -50,3 +50,22 @@ def test_quality_bench_runs_end_to_end_on_tiny_data(sample_root, tmp_path, capsy
     table = capsys.readouterr().out
     assert "fold0" in table and "macro F1" in table and "plan: 2 fold members" in table
     assert "OOF for review (folds)" in table
+
+
+@pytest.mark.slow
+def test_quality_bench_fits_the_feature_member_first_and_votes_it_with_the_cnns(
+    sample_root, backbone, tmp_path, capsys, monkeypatch
+):
+    from bench.quality import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    result = main([str(sample_root), "--minutes", "2", "--recipe", "demo", "--sizes", "48,32", "--min-epochs", "1",
+                   "--max-epochs", "2", "--probe-seconds", "1", "--work", str(tmp_path / "w"), "--no-anchor",
+                   "--feature-member", str(backbone), *TINY])  # fmt: skip
+    names = [m["member"] for m in result["members"]]
+    assert names[0] == "features" and len(names) == 1 + result["plan"]["members"]
+    assert result["members"][0]["epochs"] == 0 and result["feature_member"] == str(backbone)
+    # the review OOF pools the CNN folds only: the all-pages feature member has none
+    assert result["oof_source"] == "folds" and result["oof_images"] == result["train_images"]
+    assert result["epochs"] == result["members"][1]["epochs"] >= 1
+    assert "soft ensemble (3)" in capsys.readouterr().out

