@@ -45,13 +45,13 @@ def pooled_features(
     device: torch.device,
     precision: str,
     views_per_batch: int = 64,
-) -> list[np.ndarray]:
-    """Per tap, an array (views, rows, channels) of average-pooled activations.
+) -> dict[int, np.ndarray]:
+    """For each of ``probe.layers``, an array (views, rows, channels) of average-pooled activations.
 
     About 64 views per forward pass: on a 2-core CPU 256 ran at 60-70 % of the speed.
     """
     probe = probe.to(device).eval()
-    chunks: list[list[torch.Tensor]] = []
+    chunks: list[dict[int, torch.Tensor]] = []
     batch_size = max(1, views_per_batch // len(views))
     loader = DataLoader(ImageArrayDataset(images, rows, None), batch_size=batch_size)
     with console.Progress(len(rows), "features", "img") as bar:
@@ -60,9 +60,14 @@ def pooled_features(
                 acts = probe.pooled(stack_views(x.to(device), views))
             # copies: the pooled tensors can keep their activation maps' memory alive (24 GB on
             # 3 000 RVL pages x 8 views before this clone)
-            chunks.append([a.float().reshape(len(views), x.shape[0], -1).clone() for a in acts])
+            chunks.append(
+                {
+                    j: acts[j].float().reshape(len(views), x.shape[0], -1).clone()
+                    for j in probe.layers
+                }
+            )
             bar.update(x.shape[0])
-    return [torch.cat([c[j] for c in chunks], 1).numpy() for j in range(len(chunks[0]))]
+    return {j: torch.cat([c[j] for c in chunks], 1).numpy() for j in probe.layers}
 
 
 def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int):
@@ -84,7 +89,7 @@ def _probs(model, x: np.ndarray, k: int) -> np.ndarray:
 
 
 def choose(
-    feats: list[np.ndarray], y: np.ndarray, layer_sets: dict, cs: list[float], folds: int,
+    feats: dict[int, np.ndarray], y: np.ndarray, layer_sets: dict, cs: list[float], folds: int,
     k: int, seed: int,
 ) -> tuple[list[dict], dict]:  # fmt: skip
     """Every (layer set, C)'s cross-validated macro F1, fitted and scored on the identity view; the best one.
@@ -94,7 +99,7 @@ def choose(
     """
     from sklearn.model_selection import StratifiedKFold
 
-    n = feats[0].shape[1]
+    n = len(y)
     folds = max(2, min(folds, int(np.bincount(y).max())))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a class with fewer pages than folds
