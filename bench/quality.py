@@ -11,6 +11,9 @@ and accuracy per member with and without TTA and of the ensemble, plus wall time
 and images/second, and writes the numbers as JSON. Then, unless ``--no-anchor``,
 the plain loop of ``bench/anchor.py`` runs on the same data, machine and budget:
 ``anchor_macro_f1`` and ``vs_anchor`` (docsort minus anchor) sit beside the result.
+``--feature-member BACKBONE`` first fits a ``model=feature_probe`` member (a frozen
+pretrained network, 224 px, all pages) and plans the CNN members in the budget
+left; the final is the soft vote of all members.
 
 Scoring: against ``DATA/test_labels.csv`` when it exists, else on the
 out-of-fold (OOF) predictions (of the fold members, or of the plan's proxy).
