@@ -30,16 +30,16 @@ def create_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     shape differs from the new task is left freshly initialised.
     """
     m = cfg.model
-    if str(m.name) == "feature_probe":
-        from docsort.models.feature_probe import FeatureProbe, backbone_file, load_backbone
+    from docsort.models import feature_probe as probe
 
+    if str(m.name) == probe.NAME:
         if not m.get("layers"):
             raise ConfigError(
                 "model=feature_probe is built by docsort train (model.layers is unset)"
             )
         with tempfile.TemporaryDirectory() as tmp:
-            net = load_backbone(backbone_file(m.backbone, Path(tmp)))
-        return FeatureProbe(net, list(m.layers), num_classes, int(cfg.data.channels))
+            net = probe.load_backbone(probe.backbone_file(m.backbone, Path(tmp)))
+        return probe.FeatureProbe(net, list(m.layers), num_classes, int(cfg.data.channels))
     kwargs = dict(
         num_classes=num_classes,
         in_chans=int(cfg.data.channels),
@@ -164,10 +164,10 @@ def load_member(folder: str | os.PathLike) -> Member:
             file=str(folder),
         ) from None
     cfg.model.pretrained = None
-    if cfg.model.name == "feature_probe":  # the graph its weights fit travels with the member
-        from docsort.models.feature_probe import BACKBONE_FILE
+    from docsort.models import feature_probe as probe
 
-        cfg.model.backbone = str(folder / BACKBONE_FILE)
+    if cfg.model.name == probe.NAME:  # the graph its weights fit travels with the member
+        cfg.model.backbone = str(folder / probe.BACKBONE_FILE)
     model = create_model(cfg, len(doc.class_names))
     state = load_safetensors(folder / "model.safetensors")
     problem = state_mismatch(model.state_dict(), state)

@@ -542,7 +542,9 @@ def train_member(prep: Prepared, cfg: DictConfig, fold: int | None, out: Path) -
     """Train one member on ``fold``'s training rows (all rows when ``fold`` is None)."""
     import time
 
-    if cfg.model.name == "feature_probe":  # features once and a linear model: no epochs
+    from docsort.models.feature_probe import NAME as FEATURE_PROBE
+
+    if cfg.model.name == FEATURE_PROBE:  # features once and a linear model: no epochs
         from docsort.train.feature_probe import fit_feature_probe
 
         return fit_feature_probe(prep, cfg, fold, out)
