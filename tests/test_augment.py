@@ -145,17 +145,6 @@ def test_online_augraphy_degrades_samples():
     assert all(o.shape == (1, 64, 64) for o in outs)
     # each stage fires with p 0.2-0.4, so a draw can leave the page untouched; most must not
     assert sum(not torch.equal(o, to_tensor(img)) for o in outs) >= 10
-    # the draws follow the transform's seed, not whatever used the global RNGs before
-    import random
-
-    runs = []
-    for disturb in (1, 2):
-        random.seed(disturb)
-        np.random.seed(disturb)
-        fresh = TrainTransform(aug, 64, seed=0)
-        runs.append([fresh(img) for _ in range(16)])
-    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
-    assert all(torch.equal(a, b) for a, b in zip(runs[0], outs, strict=True))
 
 
 def test_augment_preview_writes_a_grid_from_a_prepared_folder_and_a_dataset_root(

@@ -122,8 +122,9 @@ def augraphy_pipeline(name: str = "doc", seed: int | None = None):
 def seed_augraphy(seed: int) -> None:
     """Seed the global RNGs Augraphy draws from (``random``, NumPy's legacy one, OpenCV's).
 
-    Augraphy takes no generator; seeding per draw makes a copy or an online
-    sample a function of its seed, not of whatever ran before it.
+    Augraphy takes no generator; seeding per draw ties a copy or an online sample
+    to its seed rather than to whatever ran before it. Not every stage is reached:
+    a fresh process can still draw differently (numba's own RNG, for one).
     """
     import random
 
