@@ -13,9 +13,13 @@ budget. The TTA-views rows are read from the base row's per-view logits (no
 retraining). The ``anchor`` row is the plain loop of ``bench/anchor.py`` at the
 same size and epochs, measured in the same run.
 
-``--grid`` instead crosses image size x epochs x (all pages, fold 0 = 80 %) for
-the base recipe, plus the anchor at each size and epochs: the budget x image size
-x full-data grid the planner's constants come from.
+``--grid`` instead measures what the planner (:mod:`docsort.train.plan`) trades
+against each other, for the recipe as it is today (``GRID_BASE``): image size x
+epochs on all pages (``fold=none``), the same cells on 80 % of the pages
+(``--folds none,0``), members at equal compute (``--members-at SIZE``: 2 x E/2
+and 4 x E/4 epochs, one seed each, soft-voted, beside 1 x E for the largest E),
+and the anchor at ``--anchor-at SIZE:EPOCHS`` cells. Each row carries its paired
+test against the anchor and against the same cell at half the epochs.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ except ImportError:  # run as `python bench/ablation.py`: bench/ is on sys.path
 # the recipe the rows change: cpu_fast as it was measured (light photometric noise; the
 # aug_none row is cpu_fast today), so the recorded table is what this command reproduces
 BASE = ["experiment=cpu_fast", "aug.preset=light", "fold=none", "tracking.wandb=disabled"]
+#: the grid measures the recipe as it is now (cpu_fast: dihedral augmentation only)
+GRID_BASE = ["experiment=cpu_fast", "tracking.wandb=disabled"]
 
 #: name -> overrides on top of the base recipe (one recipe choice each)
 ROWS: dict[str, list[str]] = {
@@ -70,19 +76,26 @@ def _key(row: dict) -> str:
     return json.dumps([row["row"], row["overrides"], row["image_size"], row["epochs"]])
 
 
-def run_row(data: Path, work: Path, name: str, overrides: list[str], truth: pd.Series) -> dict:
+def run_row(
+    data: Path,
+    work: Path,
+    name: str,
+    overrides: list[str],
+    truth: pd.Series,
+    base: list[str] = BASE,
+) -> dict:
     """Prepare (cached per image settings), train one member, predict with TTA, score."""
     from docsort.core.config import load_config
     from docsort.data.prepare import prepare
     from docsort.predict.predict import predict
     from docsort.train.train import train
 
-    cfg = load_config([*BASE, *overrides])
+    cfg = load_config([*base, *overrides])
     d = cfg.data
     key = f"prep_{d.image_size}_{d.resize}_{d.channels}"
     prepared = work / key
     if not prepared.is_dir():
-        prepare(str(data), prepared, [*BASE, *overrides])
+        prepare(str(data), prepared, [*base, *overrides])
     out = work / name
     record = work / f"{name}.row.json"
     if record.is_file() and json.loads(record.read_text())["overrides"] == overrides:
@@ -92,11 +105,11 @@ def run_row(data: Path, work: Path, name: str, overrides: list[str], truth: pd.S
     ).is_file()  # train finds it complete: no timing to report
     t = time.perf_counter()
     with open(work / f"{name}.log", "w") as f, contextlib.redirect_stdout(f):
-        train(prepared, out, [*BASE, *overrides])
+        train(prepared, out, [*base, *overrides])
     train_s = time.perf_counter() - t
     t = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
-        predict(prepared, out, work / f"{name}_pred", [*BASE, *overrides])
+        predict(prepared, out, work / f"{name}_pred", [*base, *overrides])
     predict_s = time.perf_counter() - t
     metrics = json.loads((out / "metrics.json").read_text())
     views = np.load(work / f"{name}_pred" / "views.npz", allow_pickle=False)
@@ -145,8 +158,12 @@ def anchor_row(data: Path, work: Path, size: int, epochs: int) -> dict:
 
 def _correct(work: Path, row: dict, truth: pd.Series) -> pd.Series:
     """Per test image: did the row's TTA-8 prediction get it right (read back from the work folder)."""
-    if row["row"] == "anchor":
-        z = np.load(work / f"anchor_{row['image_size']}_{row['epochs']}.npz")
+    voted = work / f"{row.get('name', row['row'])}.probs.npz"
+    if row["row"] == "anchor" or voted.is_file():
+        path = (
+            voted if voted.is_file() else work / f"anchor_{row['image_size']}_{row['epochs']}.npz"
+        )
+        z = np.load(path)
         ids, probs = [str(i) for i in z["ids"]], z["probs"]
     else:
         name = row.get("name", row["row"])
@@ -176,6 +193,142 @@ def add_evidence(rows: list[dict], work: Path, truth: pd.Series, ref: str = "bas
         pr = paired_compare(c.to_numpy(), b.to_numpy())
         r["vs_" + ref] = {"macro_f1": round(r["macro_f1"] - base["macro_f1"], 4), "wins": pr.wins,
                           "losses": pr.losses, "p_value": round(pr.p_value, 4), "separated": pr.p_value < 0.05}  # fmt: skip
+
+
+def tta8_probs(work: Path, name: str) -> tuple[list[str], np.ndarray]:
+    """A trained row's TTA-8 probabilities (mean of softmax over the 8 views), read back."""
+    views = np.load(work / f"{name}_pred" / "views.npz", allow_pickle=False)
+    return [str(i) for i in views["ids"]], np.mean(
+        [softmax(views[v]) for v in TTA_SETS["tta_8"]], axis=0
+    )
+
+
+def members_row(work: Path, name: str, rows: list[dict], truth: pd.Series) -> dict:
+    """The soft vote of already-measured single-member ``rows`` (one seed each), as one row."""
+    parts = [tta8_probs(work, r["name"]) for r in rows]
+    ids = parts[0][0]
+    if any(i != ids for i, _ in parts):
+        raise SystemExit(f"ablation: {name}: the members predicted different test images")
+    probs = np.mean([p for _, p in parts], axis=0)
+    np.savez(work / f"{name}.probs.npz", ids=np.asarray(ids), probs=probs)
+    k = probs.shape[1]
+    train_s = [r["train_s"] for r in rows]
+    return {
+        "row": name,
+        "name": name,
+        "overrides": [o for r in rows for o in r["overrides"]],
+        "image_size": rows[0]["image_size"],
+        "epochs": rows[0]["epochs"],
+        "members": len(rows),
+        "fold": "none",
+        "train_images": rows[0]["train_images"],
+        "train_s": None if None in train_s else round(sum(train_s), 1),
+        "predict_s": round(sum(r["predict_s"] for r in rows), 1),
+        "train_images_per_s": None,
+        "tta_8_macro_f1": scores(truth.loc[ids].to_numpy(), probs, k)["macro_f1"],
+        "macro_f1": scores(truth.loc[ids].to_numpy(), probs, k)["macro_f1"],
+    }
+
+
+def run_grid(
+    data: Path, work: Path, truth: pd.Series, args: argparse.Namespace, measured
+) -> list[dict]:
+    """The planner's grid (see the module docstring): single cells, members at equal compute, anchors."""
+    sizes = [int(s) for s in args.sizes.split(",")]
+    epochs_list = sorted(int(e) for e in args.epochs_list.split(","))
+    folds = args.folds.split(",")
+    rows: list[dict] = []
+
+    def cell(size: int, ep: int, fold: str = "none", seed: int | None = None) -> dict:
+        name = f"s{size}_e{ep}_f{fold}" + (f"_seed{seed}" if seed is not None else "")
+        ov = [f"data.image_size={size}", f"train.epochs={ep}", f"fold={fold}"]
+        ov += [f"seed={seed}"] if seed is not None else []
+        r = measured(name, ov, size, ep, lambda: run_row(data, work, name, ov, truth, GRID_BASE))
+        r.update(name=name, fold=fold, members=1)
+        log(f"{name}: macro F1 {r['macro_f1']:.3f}, training {_num(r['train_s'], 0, 0).strip()} s")
+        return r
+
+    skip = set(filter(None, (args.skip or "").split(",")))
+    for size in sizes:
+        for ep in epochs_list:
+            for fold in folds:
+                if f"{size}:{ep}" not in skip:
+                    rows.append(cell(size, ep, fold))
+    if args.members_at:
+        size, total = int(args.members_at), epochs_list[-1]
+        for m in (2, 4):
+            if total % m or total // m < epochs_list[0]:
+                continue
+            ep = total // m
+            first = next((r for r in rows if r["name"] == f"s{size}_e{ep}_fnone"), None) or cell(
+                size, ep
+            )
+            singles = [first, *(cell(size, ep, seed=43 + j) for j in range(m - 1))]
+            rows.extend(singles[1:])
+            rows.append(members_row(work, f"s{size}_m{m}x{ep}", singles, truth))
+            log(f"{rows[-1]['name']}: macro F1 {rows[-1]['macro_f1']:.3f}")
+    anchor_at = args.anchor_at or f"{sizes[-1]}:{epochs_list[len(epochs_list) // 2]}"
+    for spec in [] if args.no_anchor else anchor_at.split(","):
+        size, ep = (int(v) for v in spec.split(":"))
+        log(f"anchor {size} px x {ep} epochs")
+        a = measured("anchor", [], size, ep, lambda s=size, e=ep: anchor_row(data, work, s, e))
+        rows.append({**a, "name": f"anchor_{size}_{ep}", "fold": "none", "members": 1})
+        log(f"anchor {size} px x {ep}: macro F1 {a['macro_f1']:.3f}")
+    return rows
+
+
+def grid_evidence(rows: list[dict], work: Path, truth: pd.Series) -> None:
+    """Paired tests on the same test images: each row against the anchor nearest in epochs, and each
+    single cell against the same size and pages at half the epochs (does doubling pay?)."""
+    from docsort.core.stats import paired_compare
+
+    def pair(r: dict, ref: dict) -> dict:
+        b = _correct(work, ref, truth)
+        pr = paired_compare(_correct(work, r, truth).loc[b.index].to_numpy(), b.to_numpy())
+        return {"ref": ref["name"], "macro_f1": round(r["macro_f1"] - ref["macro_f1"], 4), "wins": pr.wins,
+                "losses": pr.losses, "p_value": round(pr.p_value, 4), "separated": pr.p_value < 0.05}  # fmt: skip
+
+    anchors = [r for r in rows if r["row"] == "anchor"]
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        if r["row"] == "anchor":
+            continue
+        if anchors:
+            r["vs_anchor"] = pair(
+                r, min(anchors, key=lambda a: abs(a["epochs"] - r["epochs"] * r.get("members", 1)))
+            )
+        half = by_name.get(f"s{r['image_size']}_e{r['epochs'] // 2}_f{r['fold']}")
+        if (
+            r.get("members", 1) == 1
+            and "seed" not in r["name"]
+            and half is not None
+            and r["epochs"] % 2 == 0
+        ):
+            r["vs_half_epochs"] = pair(r, half)
+        if r.get("fold", "none") != "none":
+            full = by_name.get(f"s{r['image_size']}_e{r['epochs']}_fnone")
+            if full is not None:
+                r["vs_all_pages"] = pair(r, full)
+        if r.get("members", 1) > 1:
+            single = by_name.get(f"s{r['image_size']}_e{r['epochs'] * r['members']}_fnone")
+            if single is not None:
+                r["vs_one_member"] = pair(r, single)
+
+
+def print_grid(rows: list[dict], title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'row':<20} {'px':>4} {'ep':>3} {'mem':>3} {'pages':>5} {'F1 TTA-8':>9} {'vs half ep':>10} {'p':>6} "
+          f"{'vs anchor':>9} {'p':>6} {'train s':>8}")  # fmt: skip
+    for r in rows:
+        h = r.get("vs_half_epochs") or r.get("vs_one_member") or r.get("vs_all_pages") or {}
+        a = r.get("vs_anchor") or {}
+        hd, hp = (f"{h['macro_f1']:+.3f}", f"{h['p_value']:.3f}") if h else ("", "")
+        ad, ap = (f"{a['macro_f1']:+.3f}", f"{a['p_value']:.3f}") if a else ("", "")
+        print(f"{r.get('name', r['row']):<20} {r['image_size']:>4} {r['epochs']:>3} {r.get('members', 1):>3} "
+              f"{r['train_images']:>5} {r['macro_f1']:>9.3f} {hd:>10} {hp:>6} {ad:>9} {ap:>6} "
+              f"{_num(r['train_s'], 8, 0)}")  # fmt: skip
+    print("vs half ep: against the same size and pages at half the epochs (members rows: against one member "
+          "of the same total epochs; fold rows: against all pages); p: exact McNemar test on the same test images (p < 0.05: separated)")  # fmt: skip
 
 
 def _machine() -> dict:
@@ -216,8 +369,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--grid", action="store_true", help="size x epochs x full-data grid instead of rows"
     )
-    ap.add_argument("--sizes", default="128,160,224")
-    ap.add_argument("--epochs-list", default="6,12")
+    ap.add_argument("--sizes", default="96,160,224", help="grid: image sizes")
+    ap.add_argument("--epochs-list", default="8,16,32", help="grid: epochs per member")
+    ap.add_argument("--skip", default=None, help="grid: SIZE:EPOCHS cells not to train (cost)")
+    ap.add_argument("--folds", default="none", help="grid: none (all pages) and/or 0 (80 %%)")
+    ap.add_argument(
+        "--members-at", default=None, help="grid: size for the members-at-equal-compute rows"
+    )
+    ap.add_argument(
+        "--anchor-at",
+        default=None,
+        help="grid: anchor cells SIZE:EPOCHS,... (default: the largest size at the middle epochs)",
+    )
     ap.add_argument("--no-anchor", action="store_true")
     ap.add_argument("--json", dest="json_out", default=None)
     ap.add_argument("--work", default=None, help="keep prepared data and members here")
@@ -244,35 +407,8 @@ def main(argv: list[str] | None = None) -> dict:
         work = Path(args.work) if args.work else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="docsort-ablation-")))  # fmt: skip
         work.mkdir(parents=True, exist_ok=True)
         if args.grid:
-            sizes = [int(s) for s in args.sizes.split(",")]
-            epochs_list = [int(e) for e in args.epochs_list.split(",")]
-            for size in sizes:
-                for ep in epochs_list:
-                    common = [f"data.image_size={size}", f"train.epochs={ep}"]
-                    for fold in ("none", "0"):
-                        name = f"s{size}_e{ep}_f{fold}"
-                        log(f"{name}")
-                        ov = [*common, f"fold={fold}"]
-                        r = measured(
-                            name,
-                            ov,
-                            size,
-                            ep,
-                            lambda n=name, o=ov: run_row(data, work, n, o, truth),
-                        )
-                        r["fold"] = fold
-                        rows.append(r)
-                    if not args.no_anchor:
-                        log(f"anchor {size} px x {ep} epochs")
-                        a = measured(
-                            "anchor",
-                            [],
-                            size,
-                            ep,
-                            lambda s=size, e=ep: anchor_row(data, work, s, e),
-                        )
-                        rows.append({**a, "fold": "none"})
-                    log(f"{rows[-1]['row']}: {rows[-1]['macro_f1']:.3f}")
+            rows = run_grid(data, work, truth, args, measured)
+            grid_evidence(rows, work, truth)
         else:
             names = (
                 args.rows.split(",")
@@ -308,13 +444,13 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "data": data.name,
         "mode": "grid" if args.grid else "rows",
-        "base": BASE,
+        "base": GRID_BASE if args.grid else BASE,
         "rows": rows,
         "wall_s": round(time.perf_counter() - t0, 1),
         "machine": _machine(),
     }
     title = f"{data.name}: {'grid' if args.grid else f'{args.size} px x {args.epochs} epochs'}, scored on test_labels.csv"
-    print_table(rows, title)
+    (print_grid if args.grid else print_table)(rows, title)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2))

@@ -233,3 +233,32 @@ def test_prepare_for_candidates_reads_the_members_image_settings(
         "pad",
         2,
     )
+
+
+def test_method_auto_is_the_default_and_records_its_choice(two_members, prepared_root, tmp_path):
+    """`docsort ensemble` without --method: soft or stacked by the members' shared OOF, evidence on disk."""
+    cand = tmp_path / "auto"
+    args = ["ensemble", "--prepared", str(prepared_root), "--views", "identity", "--out", str(cand)]
+    for m in two_members:
+        args += ["--model", str(m)]
+    code, out, err = run_cli(*args, *TINY)
+    assert code == 0, err
+    info = json.loads((cand / "candidate.json").read_text())
+    choice = info["method_choice"]
+    assert choice["requested"] == "auto" and choice["chosen"] in ("soft", "stacked")
+    assert info["method"] == choice["chosen"] == load_spec(cand / "candidate.yaml").method
+    assert info["name"] == choice["chosen"]  # a default candidate is named after its method
+    assert set(choice["oof"]) == {"soft", "stacked"} and choice["evidence"]["wins"] is not None
+    assert f"method auto: {choice['evidence']['text']}" in out
+
+
+def test_method_auto_with_one_member_is_soft_and_says_why(trained_member, prepared_root, tmp_path):
+    cand = tmp_path / "one"
+    code, out, err = run_cli("ensemble", "--model", str(trained_member), "--prepared", str(prepared_root),
+                             "--views", "identity", "--out", str(cand), *TINY)  # fmt: skip
+    assert code == 0, err
+    choice = json.loads((cand / "candidate.json").read_text())["method_choice"]
+    assert choice["chosen"] == "soft" and "one member" in choice["evidence"]["text"]
+    code, _, err = run_cli("ensemble", "--model", str(trained_member), "--prepared", str(prepared_root),
+                           "--method", "auto", "--out", str(tmp_path / "w"), *TINY)  # fmt: skip
+    assert code == 0, err

@@ -277,3 +277,20 @@ def test_outer_folds_are_stratified_within_the_oof_rows():
     for k in range(5):
         assert set(y[f == k]) == {0, 1, 2, 3}  # every class in every outer fold
     assert len(np.unique(ens.cv_folds(np.array([0, 0, 1, 1, 1])))) == 2
+
+
+def test_auto_combiner_takes_stacking_only_when_the_oof_rows_separate_it_from_soft():
+    """method=auto: stacking must beat soft by the paired rule, else soft stays (and says so)."""
+    rng = np.random.default_rng(7)
+    k, n = 4, 600
+    y = rng.integers(0, k, n)
+    honest = _member(y, k, 2.5, 1.0, rng)
+    shifted = np.roll(_member(y, k, 0.5, 2.0, rng), 1, axis=1)  # right under a permuted order
+    c = ens.choose_combiner([honest, shifted], y)
+    assert c.method == "stacked" and c.record["decided_by"] == "evidence"
+    assert c.oof_scores["stacked"] > c.oof_scores["soft"] and c.record["evidence"]["p"] < 0.05
+    # two alike, calibrated members: stacking has nothing to learn that soft lacks
+    y2, (a, b) = _members(n=200, noises=(1.2, 1.3))
+    c2 = ens.choose_combiner([a, b], y2)
+    assert c2.method == "soft" and c2.record["decided_by"] == "prior"
+    assert "keeping soft" in c2.text and "p=" in c2.text

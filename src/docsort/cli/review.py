@@ -7,14 +7,15 @@ and prints what a person needs to read or do next.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from docsort.cli.args import add_command, add_out, add_overrides, exist, exists, resolve_out
 from docsort.core.choices import (
+    COMBINERS,
     HARDCASE_KINDS,
     MERGES,
-    METHODS,
     OBJECTIVES,
     REPORT_SETS,
     VIEW_NAMES,
@@ -139,8 +140,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a `docsort tta-ablation` folder: use the views it recommends",
     )
     _merge_option(p, "--tta-merge", "how a member's views are merged")
-    p.add_argument("--method", choices=METHODS, default="soft",
-                   help="how members are combined (default: soft)")  # fmt: skip
+    p.add_argument("--method", choices=COMBINERS, default="auto",
+                   help="how members are combined; auto (default): soft voting unless stacking beats it "
+                        "on the members' shared OOF predictions (paired test)")  # fmt: skip
     p.add_argument("--name", default=None, help="candidate name (default: the method)")
     p.add_argument(
         "--objective",
@@ -353,12 +355,15 @@ def _ensemble(args: argparse.Namespace) -> int:
         from docsort.ensemble.tta_ablation import load_ablation
 
         views = list(load_ablation(args.views_from).recommended)
-    out = ensemble(predictions, args.out, models=args.model, name=args.name or args.method, method=args.method,
+    out = ensemble(predictions, args.out, models=args.model, name=args.name, method=args.method,
                    objective=args.objective, merge=args.merge, calibrate=args.calibrate, prepared=args.prepared,
                    views=views, tta_merge=args.tta_merge, predict_overrides=overrides)  # fmt: skip
     report = out / "ensemble_report.md"
     if report.is_file():
         print(report.read_text())
+    choice = json.loads((out / "candidate.json").read_text()).get("method_choice")
+    if choice:
+        print(f"method auto: {choice['evidence']['text']}")
     print(f"candidate written to {out}")
     return 0
 

@@ -14,6 +14,8 @@ VIEW_NAMES: tuple[str, ...] = (
 MERGES: tuple[str, ...] = ("mean", "geomean", "logits")
 #: Ensemble methods; a default candidate is named after its method.
 METHODS: tuple[str, ...] = ("soft", "weighted", "hard", "stacked")
+#: What ``docsort ensemble --method`` takes: a method, or ``auto`` (soft unless stacking beats it on OOF).
+COMBINERS: tuple[str, ...] = ("auto", *METHODS)
 #: The labelled set a report is computed on (``docsort report --on``).
 REPORT_SETS: tuple[str, ...] = ("auto", "oof", "test", "hardcases")
 #: What weight search and stacking optimise on OOF predictions (``docsort ensemble --objective``).

@@ -820,6 +820,51 @@ class MethodReport:
     nested: NestedCV | None
 
 
+@dataclass(frozen=True)
+class CombinerChoice:
+    """What ``method=auto`` chose, the members' shared OOF scores it chose on, and the evidence."""
+
+    method: str
+    oof_scores: dict[str, float]
+    record: dict
+    text: str
+
+
+def choose_combiner(
+    oof_probs: Sequence[np.ndarray],
+    targets: Sequence[int],
+    *,
+    merge: str = "mean",
+    objective: str = "macro_f1",
+) -> CombinerChoice:
+    """Soft voting, unless stacking beats it on the members' shared OOF rows (``method=auto``).
+
+    Both are cross-fitted on the same outer folds, so stacking is scored by fits
+    that never saw the row. Soft is the prior (it fits nothing, so it cannot
+    overfit a small OOF set); stacking replaces it only by the evidence rule of
+    :mod:`docsort.core.evidence`. Measured on two datasets' fold bundles
+    (``bench/results/ensembles_*.json``) stacking won every OOF and test column.
+    """
+    from docsort.core.evidence import choose
+    from docsort.core.stats import paired_compare
+
+    arrays = check_member_probs(oof_probs)
+    y = np.asarray(targets, dtype=np.int64)
+    f = cv_folds(y)
+    probs = {m: cross_fit_oof(arrays, y, method=m, merge=merge, objective=objective, folds=f)
+             for m in ("soft", "stacked")}  # fmt: skip
+    oof = {m: score(p, y, objective) for m, p in probs.items()}
+    better = (lambda m: -oof[m]) if objective == "macro_f1" else (lambda m: oof[m])
+    ranked = sorted(oof, key=better)  # stable: soft first on a tie
+    right = {m: p.argmax(1) == y for m, p in probs.items()}
+    c = choose(ranked, "soft", {"stacked": paired_compare(right["stacked"], right["soft"])},
+               noun="combiner", notes={m: f"OOF {objective} {v:.4f}" for m, v in oof.items()},
+               prior_reason="soft voting fits nothing")  # fmt: skip
+    return CombinerChoice(
+        c.name, oof, {"requested": "auto", "chosen": c.name, **c.record()}, c.evidence_text
+    )
+
+
 def evaluate_methods(
     names: Sequence[str],
     oof_probs: Sequence[np.ndarray],

@@ -20,7 +20,7 @@ import numpy as np
 
 from docsort.core import storage, tracking
 from docsort.core.atomic import atomic_path, scratch_dir
-from docsort.core.choices import METHODS
+from docsort.core.choices import COMBINERS
 from docsort.core.errors import DocsortError
 from docsort.core.outputs import stage
 from docsort.core.probs import align, as_written, read_probs, write_probs
@@ -147,7 +147,7 @@ def ensemble(
     *,
     models: Sequence[str | os.PathLike] = (),
     name: str | None = None,
-    method: str = "soft",
+    method: str = "auto",
     weights: Sequence[float] | None = None,
     objective: str = "macro_f1",
     merge: str = "mean",
@@ -160,6 +160,10 @@ def ensemble(
 ) -> Path:
     """Combine member prediction folders (``docsort predict`` output) into a candidate folder.
 
+    ``method=auto`` (the default) is soft voting unless stacking beats it on
+    the members' shared OOF rows by the evidence rule (:func:`ens.choose_combiner`);
+    the choice and its evidence go into ``candidate.json`` as ``method_choice``.
+
     Each member's model folder comes from ``models`` or from the ``model`` its
     ``predict.json`` names. Without ``predictions``, the ``models`` (model
     folders or fold bundles) are predicted here on ``prepared`` with ``views``
@@ -170,7 +174,11 @@ def ensemble(
     member alone vs soft / weighted / stacked / hard on OOF, with nested-CV
     scores and ECE before/after temperature scaling.
     """
-    ens.check_choice(method, METHODS, "method")
+    ens.check_choice(method, COMBINERS, "method")
+    if method == "auto" and weights is not None:
+        raise DocsortError(
+            "weights are given for method weighted; method auto chooses soft or stacked"
+        )
     if predictions:
         return _ensemble([Path(p) for p in predictions], Path(out), models=models, name=name, method=method, weights=weights,
                          objective=objective, merge=merge, calibrate=calibrate, report=report)  # fmt: skip
@@ -184,7 +192,7 @@ def ensemble(
         views = list(load_config(predict_overrides).tta.views)
     if (
         method in ("weighted", "stacked") or calibrate
-    ):  # fail before minutes of prediction, not after
+    ):  # fail before minutes of prediction, not after (auto falls back to soft instead)
         oofs = [mem.oof_probs(m, views, tta_merge) for m in models]
         shared = mem.shared_rows([(o.ids, o.targets, o.probs) for o in oofs]) if all(oofs) else []
         if len(shared) < MIN_SHARED_ROWS:
@@ -240,7 +248,6 @@ def _ensemble(
             Path(i["model"]) if i.get("model") and Path(i["model"]).exists() else None
             for i in infos
         ]
-    name = name or method
     tables = [read_probs(p / "probs.csv") for p in preds]
     ids = tables[0][0]
     member_probs = [
@@ -264,9 +271,9 @@ def _ensemble(
         for nm, m, p, v in zip(names, model_dirs, preds, views, strict=True)
     ]
     base = ens.CandidateSpec(
-        name=name,
+        name=name or method,
         members=members,
-        method=method,
+        method="soft" if method == "auto" else method,
         merge=merge,
         tta_views=views[0],
         tta_merge=tta_merge,
@@ -274,6 +281,12 @@ def _ensemble(
     )
     oofs = member_oofs(base, model_dirs)
     ids_s, targets, folds, shared = _shared(oofs) if oofs else ([], None, None, [])
+    method_choice = None
+    if method == "auto":
+        method, method_choice = _auto_method(shared, targets, len(members), merge, objective)
+        base.method = method
+    name = name or method
+    base.name = name
     needs_fit = (method in ("weighted", "stacked") and weights is None) or calibrate
     if needs_fit and len(ids_s) < MIN_SHARED_ROWS:
         why = (
@@ -296,7 +309,7 @@ def _ensemble(
     probs = ens.combine(spec, member_probs)
     known = [m for m in model_dirs if m is not None]
     with atomic_path(out, is_dir=True) as tmp:
-        write_candidate(tmp, spec, ids, probs, oof,
+        write_candidate(tmp, spec, ids, probs, oof, {"method_choice": method_choice} if method_choice else None,
                         class_names=mem.class_names(known[0]) if known else None)  # fmt: skip
         if report and oofs and len(ids_s) >= MIN_SHARED_ROWS:
             rep = ens.evaluate_methods(names, shared, targets, objective=objective, merge=merge)
@@ -306,6 +319,27 @@ def _ensemble(
     scores = {"oof_macro_f1": spec.oof_macro_f1} if spec.oof_macro_f1 is not None else {}
     tracking.log_artifact(out, kind="candidate", name=spec.name, metrics=scores)
     return out
+
+
+def _auto_method(
+    shared: list[np.ndarray], targets: np.ndarray | None, n_members: int, merge: str, objective: str
+) -> tuple[str, dict]:
+    """``method=auto``: soft, or stacked where the shared OOF rows say it beats soft."""
+    if n_members < 2 or len(shared) == 0 or len(targets) < MIN_SHARED_ROWS:
+        why = (
+            "one member"
+            if n_members < 2
+            else f"only {0 if targets is None else len(targets)} shared OOF rows"
+        )
+        text = f"soft voting: stacking needs members' shared OOF predictions to be judged ({why})"
+        return "soft", {
+            "requested": "auto",
+            "chosen": "soft",
+            "decided_by": "prior",
+            "evidence": {"text": text},
+        }
+    c = ens.choose_combiner(shared, targets, merge=merge, objective=objective)
+    return c.method, {**c.record, "oof": {m: round(v, 4) for m, v in c.oof_scores.items()}}
 
 
 def _no_shared_oof(method: str, calibrate: bool, why: str) -> str:
