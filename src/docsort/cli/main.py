@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from docsort.cli import cluster, config, data, evaluate, export, orientation, review
+from docsort.cli import cluster, config, data, evaluate, export, orientation, review, text
 from docsort.cli.args import (
     Parser,
     add_command,
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND",
                             help="run `docsort COMMAND --help` for its arguments")  # fmt: skip
     _register_stages(sub)
-    for module in (review, export, cluster, data, config, evaluate, orientation):
+    for module in (review, export, cluster, data, config, evaluate, orientation, text):
         module.register(sub)
     return ap
 

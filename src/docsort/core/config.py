@@ -369,6 +369,19 @@ class OrientationConfig(_Section):
     tta: Bool
 
 
+class OCRConfig(_Section):
+    engine: Choice("tesseract")
+    languages: Text
+    psm: Int(ge=0, le=13)
+    oem: Int(ge=0, le=3)
+    orientation: Choice("osd", "views", "none")
+    select: Choice("all", "ambiguous")
+    groups: list[list[str]]
+    margin: Num(ge=0, le=1)
+    workers: Annotated[AutoOr(_ranged(int, "an integer", ge=1)), NOT_IDENTITY]
+    cache: Annotated[Nullable(_text), NOT_IDENTITY]
+
+
 class TrackingConfig(_Section):
     wandb: Annotated[Choice("auto", "offline", "online", "disabled"), NOT_IDENTITY]
     project: Annotated[Text, NOT_IDENTITY]
@@ -392,6 +405,8 @@ class Config(_Section):
     aug: AugConfig
     # `docsort orientation` and `predict --orientation` record these in their own run.json
     orientation: Annotated[OrientationConfig, NOT_IDENTITY]
+    # `docsort ocr` records these in its own ocr.json (and the cache keys on the engine settings)
+    ocr: Annotated[OCRConfig, NOT_IDENTITY]
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> "Config":
