@@ -320,7 +320,7 @@ def print_grid(rows: list[dict], title: str) -> None:
     print(f"{'row':<20} {'px':>4} {'ep':>3} {'mem':>3} {'pages':>5} {'F1 TTA-8':>9} {'vs half ep':>10} {'p':>6} "
           f"{'vs anchor':>9} {'p':>6} {'train s':>8}")  # fmt: skip
     for r in rows:
-        h = r.get("vs_half_epochs") or r.get("vs_one_member") or r.get("vs_all_pages") or {}
+        h = r.get("vs_all_pages") or r.get("vs_half_epochs") or r.get("vs_one_member") or {}
         a = r.get("vs_anchor") or {}
         hd, hp = (f"{h['macro_f1']:+.3f}", f"{h['p_value']:.3f}") if h else ("", "")
         ad, ap = (f"{a['macro_f1']:+.3f}", f"{a['p_value']:.3f}") if a else ("", "")

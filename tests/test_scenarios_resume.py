@@ -142,6 +142,9 @@ def test_identity_is_every_key_but_speed_logging_and_prepare_keys():
         # the orientation stage and predict --orientation record these in their own run.json
         *(f"orientation.{k}" for k in ("model", "image_size", "epochs", "batch_size", "lr",
                                       "weight_decay", "holdout_fold", "tta")),
+        # the ocr stage records these in ocr.json (its cache keys on the engine settings)
+        *(f"ocr.{k}" for k in ("engine", "languages", "psm", "oem", "orientation", "select",
+                              "groups", "margin", "workers", "cache")),
     }  # fmt: skip
     assert {"fold", "seed", "train.lr", "model.name", "train.epochs"} <= set(identity_keys())
 
