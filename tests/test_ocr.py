@@ -256,3 +256,12 @@ def test_the_ocr_pipeline_shards_in_a_parallelfor_and_merges_to_one_runs_bytes(p
     assert run_cli("ocr", pages, "--out", tmp_path / "one", "ocr.cache=null")[0] == 0
     assert (merged / "ocr.jsonl").read_bytes() == (tmp_path / "one" / "ocr.jsonl").read_bytes()
     assert json.loads((merged / "ocr.json").read_text())["merged_from"] == 2
+
+
+def test_reading_leaves_the_thread_limit_of_later_work_alone(pages, tmp_path, monkeypatch):
+    """OMP_THREAD_LIMIT=1 is for tesseract only: torch (and kfp.local's tasks) run after it."""
+    import os
+
+    monkeypatch.delenv("OMP_THREAD_LIMIT", raising=False)
+    assert run_cli("ocr", pages, "--out", tmp_path / "o", "ocr.cache=null")[0] == 0
+    assert "OMP_THREAD_LIMIT" not in os.environ

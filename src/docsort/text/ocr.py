@@ -28,6 +28,7 @@ settings, counts and timings).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -35,7 +36,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -352,13 +353,29 @@ def _workers(cfg: DictConfig) -> int:
     return usable_cores() if str(w) == "auto" else int(w)
 
 
+@contextlib.contextmanager
+def _one_thread_each() -> Iterator[None]:
+    """One core per tesseract process (parallelism comes from the workers), while reading only.
+
+    pytesseract's processes inherit this process's environment; the limit is put
+    back afterwards, since OpenMP's thread limit would also throttle torch in
+    later work and in every process started from here (kfp.local's tasks).
+    """
+    old = os.environ.get("OMP_THREAD_LIMIT")
+    os.environ["OMP_THREAD_LIMIT"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("OMP_THREAD_LIMIT", None)
+        else:
+            os.environ["OMP_THREAD_LIMIT"] = old
+
+
 def _read_all(
     pages: Sequence[Page], engine: Engine, cache: Cache, workers: int, max_pixels: int
 ) -> tuple[list[dict], int]:
     """Each page's result (from the cache or read now), in order; and how many came from the cache."""
-    os.environ.setdefault(
-        "OMP_THREAD_LIMIT", "1"
-    )  # one core per tesseract; parallelism comes from workers
 
     def one(page: Page) -> tuple[dict, bool]:
         data = page.path.read_bytes()
@@ -376,6 +393,7 @@ def _read_all(
     results: list[dict] = []
     hits = 0
     with (
+        _one_thread_each(),
         Progress(len(pages), "ocr", "pages") as bar,
         ThreadPoolExecutor(max_workers=workers) as pool,
     ):
